@@ -1,0 +1,265 @@
+"""Configuration: nested dataclasses, one docstring per field (tyro turns them into CLI help).
+
+Every number of the method is a field here. The paper's values live in the `paper` preset
+(`dreamfusion.presets`); the defaults below are the project's own choices for a hash-grid field
+on one GPU, and `smoke` / `cpu` shrink them for tests and laptops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+
+@dataclass
+class CameraConfig:
+    """Where training cameras and point lights are sampled (paper section 3, step 1)."""
+
+    resolution: int = 64
+    """Rendered image width and height in pixels."""
+    elevation_range: tuple[float, float] = (-10.0, 90.0)
+    """Camera elevation above the xy-plane, in degrees."""
+    azimuth_range: tuple[float, float] = (0.0, 360.0)
+    """Camera azimuth in degrees; 0 looks at the object's front (+x)."""
+    distance_range: tuple[float, float] = (1.0, 1.5)
+    """Camera distance from the origin."""
+    focal_range: tuple[float, float] = (0.7, 1.35)
+    """Focal length multiplier lambda: focal = lambda * resolution (in pixels)."""
+    uniform_sphere_fraction: float = 0.5
+    """Share of cameras drawn uniformly on the sphere; the rest are uniform in elevation angle."""
+    lookat_jitter: float = 0.05
+    """Standard deviation of the look-at point around the origin."""
+    up_jitter: float = 0.02
+    """Standard deviation of the noise added to the +z up vector before orthogonalizing."""
+    light_distance_range: tuple[float, float] = (0.8, 1.5)
+    """Distance of the point light from the origin."""
+    light_jitter: float = 1.0
+    """Standard deviation of the noise added to the camera direction to place the light."""
+
+
+@dataclass
+class FieldConfig:
+    """The 3D field: density and albedo at points inside the bounding sphere."""
+
+    kind: Literal["mlp", "hashgrid"] = "hashgrid"
+    """Which field: the paper's MLP with positional encoding, or a pure-PyTorch hash grid."""
+    bound_radius: float = 0.8
+    """Radius of the bounding sphere; the field is queried only inside it."""
+    density_activation: Literal["exp", "softplus"] = "softplus"
+    """Activation turning the raw density into a non-negative density."""
+    blob_density: float = 10.0
+    """lambda of the initial density blob tau_init = lambda * exp(-|x|^2 / (2 sigma^2))."""
+    blob_radius: float = 0.5
+    """sigma of the initial density blob."""
+    mlp_width: int = 128
+    """Hidden width of the MLP field."""
+    mlp_depth: int = 4
+    """Hidden layers of the MLP field."""
+    pe_frequencies: int = 8
+    """Octaves of the positional encoding of the MLP field."""
+    hash_levels: int = 16
+    """Resolution levels of the hash grid."""
+    hash_features: int = 2
+    """Features per level of the hash grid."""
+    hash_log2_size: int = 19
+    """log2 of the number of entries of each level's hash table."""
+    hash_base_resolution: int = 16
+    """Grid resolution of the coarsest level."""
+    hash_max_resolution: int = 1024
+    """Grid resolution of the finest level."""
+    hash_mlp_width: int = 64
+    """Hidden width of the small MLP decoding hash-grid features."""
+    hash_mlp_depth: int = 2
+    """Hidden layers of the small MLP decoding hash-grid features."""
+
+
+@dataclass
+class BackgroundConfig:
+    """What rays that leave the bounding sphere see."""
+
+    kind: Literal["envmap", "constant"] = "envmap"
+    """An MLP on the encoded ray direction (the paper), or a fixed color."""
+    color: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """The fixed background color (kind=constant)."""
+    frequencies: int = 4
+    """Octaves of the direction encoding of the environment map."""
+    width: int = 32
+    """Hidden width of the environment-map MLP."""
+
+
+@dataclass
+class RenderConfig:
+    """Volume rendering along rays."""
+
+    samples_per_ray: int = 64
+    """Samples along each ray inside the bounding sphere."""
+    stratified: bool = True
+    """Jitter sample positions within their bins during training."""
+    chunk_rays: int = 0
+    """Render at most this many rays at once (0: all); bounds memory at evaluation."""
+
+
+@dataclass
+class ShadingConfig:
+    """Shading of each sample and the schedule of shading modes (paper section 3, step 2)."""
+
+    ambient: float = 0.1
+    """Ambient light l_a."""
+    light_intensity: float = 0.9
+    """Point-light color l_p (grey)."""
+    albedo_warmup_steps: int = 1000
+    """Render the albedo alone for this many first steps."""
+    shaded_probability: float = 0.75
+    """After warm-up: probability of a lit render (else albedo only)."""
+    textureless_probability: float = 0.5
+    """Of lit renders: probability of a textureless one (white albedo)."""
+
+
+@dataclass
+class RegularizerConfig:
+    """Geometry regularizers (paper appendix A.2)."""
+
+    orientation_weight: float = 1e-2
+    """Final weight of the orientation loss (Ref-NeRF) with stop-gradient weights."""
+    orientation_weight_start: float = 1e-4
+    """Weight of the orientation loss at step 0; ramps linearly to the final weight."""
+    orientation_ramp_steps: int = 5000
+    """Steps over which the orientation weight ramps up."""
+    opacity_weight: float = 1e-3
+    """Final weight of the opacity loss sqrt(alpha^2 + 0.01)."""
+    opacity_weight_start: float = 1e-3
+    """Weight of the opacity loss at step 0."""
+    opacity_ramp_steps: int = 0
+    """Steps over which the opacity weight ramps up."""
+
+
+@dataclass
+class SDSConfig:
+    """Score distillation sampling, shared by every guidance backend."""
+
+    t_range: tuple[float, float] = (0.02, 0.98)
+    """Diffusion timesteps are drawn uniformly from this fraction of the model's range."""
+    guidance_scale: float = 100.0
+    """Classifier-free guidance weight omega."""
+    cfg_formulation: Literal["uncond", "cond"] = "uncond"
+    """uncond: eps_u + omega (eps_c - eps_u) (the paper); cond: eps_c + omega (eps_c - eps_u)."""
+    weighting: Literal["sigma2", "uniform", "snr_sqrt"] = "sigma2"
+    """w(t): sigma2 = 1 - alphabar_t (the paper), uniform = 1, snr_sqrt = sqrt(alphabar_t) sigma_t."""
+    grad_clip: float = 0.0
+    """Clip |w (eps_hat - eps)| elementwise at this value (0: off)."""
+
+
+@dataclass
+class GuidanceConfig:
+    """Which frozen text-to-image prior scores the renders."""
+
+    name: str = "closed-form"
+    """Guidance backend; see `dreamfusion generate --help` for the list."""
+    model: str | None = None
+    """Hub id or local folder of the backend's weights (backends that need one)."""
+    target_shape: Literal["sphere"] = "sphere"
+    """closed-form: the known object whose renders are the data distribution."""
+    target_radius: float = 0.45
+    """closed-form: radius of the target sphere."""
+    target_color: tuple[float, float, float] = (0.8, 0.2, 0.2)
+    """closed-form: albedo of the target when the prompt names no known color."""
+    data_std: float = 0.05
+    """closed-form: standard deviation of the Gaussian data around each target image ([-1, 1] units)."""
+    uncond_std: float = 0.5
+    """closed-form: standard deviation of the unconditional (empty prompt) Gaussian around mid-grey."""
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule."""
+
+    optimizer: Literal["adam", "adamw"] = "adam"
+    """Optimizer (the paper used Distributed Shampoo, not in PyTorch; see docs)."""
+    lr: float = 1e-2
+    """Peak learning rate of the field."""
+    background_lr: float = 1e-3
+    """Learning rate of the environment-map MLP."""
+    betas: tuple[float, float] = (0.9, 0.99)
+    """Adam betas."""
+    eps: float = 1e-15
+    """Adam epsilon (small: hash-grid features see sparse gradients)."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay (adamw)."""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """Learning-rate schedule after warm-up."""
+    warmup_steps: int = 0
+    """Linear warm-up from 0 to the peak learning rate."""
+    final_lr: float = 1e-6
+    """Learning rate at the last step (cosine)."""
+    grad_clip_norm: float = 0.0
+    """Clip the global gradient norm at this value (0: off)."""
+
+
+@dataclass
+class TrainConfig:
+    """The loop: length, batch, seeds, logging and checkpoints."""
+
+    steps: int = 10000
+    """Optimizer steps."""
+    batch_size: int = 1
+    """Views rendered per step."""
+    seed: int = 0
+    """Seed of every random draw of the run."""
+    device: str = "cpu"
+    """cpu or cuda (or cuda:N)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Autocast dtype of the field on CUDA; float32 everywhere on CPU."""
+    log_every: int = 10
+    """Write a metrics line every N steps."""
+    preview_every: int = 500
+    """Save a preview image every N steps (0: off)."""
+    checkpoint_every: int = 1000
+    """Save a checkpoint every N steps (and always at the end)."""
+    keep_checkpoints: int = 2
+    """How many checkpoints to keep."""
+    progress: bool = True
+    """Show a progress bar with loss and ETA."""
+    tensorboard: bool = False
+    """Also write TensorBoard scalars (needs the tensorboard package)."""
+
+
+@dataclass
+class Config:
+    """A whole DreamFusion run."""
+
+    camera: CameraConfig = dataclasses.field(default_factory=CameraConfig)
+    field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
+    background: BackgroundConfig = dataclasses.field(default_factory=BackgroundConfig)
+    render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
+    shading: ShadingConfig = dataclasses.field(default_factory=ShadingConfig)
+    regularizers: RegularizerConfig = dataclasses.field(default_factory=RegularizerConfig)
+    sds: SDSConfig = dataclasses.field(default_factory=SDSConfig)
+    guidance: GuidanceConfig = dataclasses.field(default_factory=GuidanceConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The config as plain JSON-able data (tuples become lists)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Inverse of `to_dict`; unknown keys raise ValueError naming them."""
+    sections = {}
+    for f in dataclasses.fields(Config):
+        cls = f.default_factory  # type: ignore[misc]
+        values = dict(data.get(f.name, {}))
+        known = {g.name: g for g in dataclasses.fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise ValueError(f"unknown config keys in section '{f.name}': {sorted(unknown)}")
+        for key, value in values.items():
+            if isinstance(value, list):
+                values[key] = tuple(value)
+        sections[f.name] = cls(**values)
+    unknown = set(data) - set(sections)
+    if unknown:
+        raise ValueError(f"unknown config sections: {sorted(unknown)}")
+    return Config(**sections)

@@ -1,0 +1,1 @@
+"""3D fields: density and albedo at points, behind the `Field` protocol."""

@@ -1,0 +1,1 @@
+"""Guidance backends: frozen text-to-image priors that score renders through SDS."""

@@ -1,0 +1,44 @@
+"""The guidance protocol every backend implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+import torch
+from torch import Tensor
+
+from dreamfusion.cameras import Cameras
+
+
+@dataclass
+class SDSOutput:
+    """What a guidance backend returns for a batch of renders."""
+
+    loss: Tensor  # scalar; its gradient w.r.t. the images is w(t) (eps_hat - eps) / B
+    timesteps: Tensor  # (B,) integer timesteps used
+    grad_norm: Tensor  # scalar: mean norm of w(t) (eps_hat - eps) per image, for logging
+
+
+class Guidance(Protocol):
+    """A frozen text-to-image diffusion model used as a critic.
+
+    The trainer calls `embed` once per run with every prompt it will need (the view prompts),
+    then `sds_loss` every step with the images rendered from `cameras`, in [0, 1].
+    """
+
+    def embed(self, prompts: Sequence[str]) -> Any:
+        """Embed the prompts (and the empty prompt for guidance) once; returns an opaque handle."""
+        ...
+
+    def sds_loss(
+        self,
+        images: Tensor,  # (B, 3, H, W) in [0, 1]
+        embeddings: Any,  # what `embed` returned
+        prompt_index: Tensor,  # (B,) which embedded prompt each image is scored against
+        cameras: Cameras,
+        generator: torch.Generator,
+        progress: float,  # fraction of training done, in [0, 1]
+    ) -> SDSOutput:
+        """The SDS loss for the batch, computed by `dreamfusion.sds`."""
+        ...
