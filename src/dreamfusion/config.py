@@ -168,6 +168,14 @@ class GuidanceConfig:
     """closed-form: standard deviation of the Gaussian data around each target image ([-1, 1] units)."""
     uncond_std: float = 0.5
     """closed-form: standard deviation of the unconditional (empty prompt) Gaussian around mid-grey."""
+    target_modes: tuple[Literal["albedo", "lambertian", "textureless"], ...] = (
+        "albedo",
+        "lambertian",
+        "textureless",
+    )
+    """closed-form: shading modes of the target renders forming the equally weighted data mixture."""
+    noise_schedule: Literal["linear", "cosine"] = "linear"
+    """closed-form: DDPM noise schedule of the model (linear betas 1e-4..0.02, or cosine), T = 1000."""
 
 
 @dataclass
@@ -222,6 +230,10 @@ class TrainConfig:
     """Show a progress bar with loss and ETA."""
     tensorboard: bool = False
     """Also write TensorBoard scalars (needs the tensorboard package)."""
+    profile: bool = False
+    """Synchronize the device around each phase so the logged timings are exact (slower on CUDA)."""
+    preview_resolution: int = 64
+    """Width and height of preview renders."""
 
 
 @dataclass

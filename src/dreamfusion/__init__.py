@@ -1,0 +1,14 @@
+"""dreamfusion: text-to-3D by score distillation sampling, in pure PyTorch."""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "generate"]
+
+
+def __getattr__(name: str):
+    # Lazy: `import dreamfusion` stays cheap; `dreamfusion.generate` pulls in torch on first use.
+    if name == "generate":
+        from dreamfusion.api import generate
+
+        return generate
+    raise AttributeError(f"module 'dreamfusion' has no attribute {name!r}")

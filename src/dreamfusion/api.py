@@ -1,0 +1,122 @@
+"""The Python entry point: `dreamfusion.generate(prompt, ...)` returns paths and live objects."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from dreamfusion.config import Config
+from dreamfusion.errors import UserError
+from dreamfusion.guidance.base import Guidance
+from dreamfusion.presets import PRESETS
+from dreamfusion.run_dir import default_run_dir
+
+
+def _closed_form(cfg: Config, device: torch.device) -> Guidance:
+    from dreamfusion.guidance.closed_form import ClosedFormGuidance
+
+    background = cfg.background.color if cfg.background.kind == "constant" else (1.0, 1.0, 1.0)
+    return ClosedFormGuidance(cfg.guidance, cfg.sds, cfg.shading, background_color=background, device=device)
+
+
+# Choosing a backend is this one dict: name -> builder(config, device). Builders import lazily.
+GUIDANCE_BACKENDS: dict[str, Callable[[Config, torch.device], Guidance]] = {
+    "closed-form": _closed_form,
+}
+
+
+@dataclass
+class GenerateResult:
+    """What a finished run leaves: its folder, files, and the trained modules (on the run's device)."""
+
+    prompt: str
+    run_dir: Path
+    checkpoint: Path
+    preview: Path
+    metrics: Path
+    config: Config
+    field: torch.nn.Module
+    background: torch.nn.Module
+    steps: int
+    skipped_steps: int
+    seconds: float
+
+
+def resolve_config(
+    preset: str = "default",
+    steps: int | None = None,
+    seed: int | None = None,
+    guidance: str | None = None,
+    device: str | None = None,
+    config: Config | None = None,
+) -> Config:
+    """Start from `config` (or the named preset) and apply the common overrides."""
+    if config is None:
+        if preset not in PRESETS:
+            raise UserError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+        config = PRESETS[preset]()
+    train = config.train
+    if steps is not None:
+        if steps <= 0:
+            raise UserError(f"--steps must be positive (got {steps})")
+        train = dataclasses.replace(train, steps=steps)
+    if seed is not None:
+        train = dataclasses.replace(train, seed=seed)
+    if device is not None:
+        train = dataclasses.replace(train, device=device)
+    config = dataclasses.replace(config, train=train)
+    if guidance is not None:
+        config = dataclasses.replace(config, guidance=dataclasses.replace(config.guidance, name=guidance))
+    if config.guidance.name not in GUIDANCE_BACKENDS:
+        raise UserError(
+            f"unknown guidance '{config.guidance.name}'; choose one of: {', '.join(GUIDANCE_BACKENDS)}"
+        )
+    return config
+
+
+def generate(
+    prompt: str,
+    *,
+    preset: str = "default",
+    out: str | Path | None = None,
+    steps: int | None = None,
+    seed: int | None = None,
+    guidance: str | None = None,
+    device: str | None = None,
+    resume: bool = False,
+    config: Config | None = None,
+    progress: bool | None = None,
+) -> GenerateResult:
+    """Turn a sentence into a trained 3D field. Raises UserError on bad input, before writing anything."""
+    from dreamfusion.trainer import Trainer, resolve_device
+
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise UserError('the prompt is empty; give a sentence such as "a ceramic mug"')
+    cfg = resolve_config(preset, steps, seed, guidance, device, config)
+    if progress is not None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=progress))
+    run_dir = Path(out) if out is not None else default_run_dir(prompt.strip(), resume=resume)
+    torch_device = resolve_device(cfg.train.device)
+    try:
+        backend = GUIDANCE_BACKENDS[cfg.guidance.name](cfg, torch_device)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    trainer = Trainer(prompt, cfg, run_dir, backend, resume=resume)
+    checkpoint = trainer.train()
+    return GenerateResult(
+        prompt=trainer.prompt,
+        run_dir=trainer.run.path,
+        checkpoint=checkpoint,
+        preview=trainer.run.previews / "final.png",
+        metrics=trainer.run.metrics_file,
+        config=cfg,
+        field=trainer.field,
+        background=trainer.background,
+        steps=trainer.step,
+        skipped_steps=trainer.skipped_steps,
+        seconds=trainer.elapsed,
+    )

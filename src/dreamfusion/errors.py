@@ -1,0 +1,5 @@
+"""The one error type users see as a single line (the CLI prints it and exits non-zero)."""
+
+
+class UserError(Exception):
+    """Bad input: the message says what is wrong and how to fix it."""

@@ -1,0 +1,43 @@
+"""Optimizer and learning-rate schedule: the last stop of the pipeline."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from dreamfusion.config import OptimConfig
+
+
+def build_optimizer(field: nn.Module, background: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Adam(W) over the field and (if it has parameters) the background, each with its own lr."""
+    groups = [{"params": list(field.parameters()), "lr": cfg.lr, "base_lr": cfg.lr}]
+    bg_params = list(background.parameters())
+    if bg_params:
+        groups.append({"params": bg_params, "lr": cfg.background_lr, "base_lr": cfg.background_lr})
+    kwargs = dict(betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, **kwargs)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, **kwargs)
+    raise ValueError(f"unknown optimizer '{cfg.optimizer}' (use adam or adamw)")
+
+
+def lr_factor(step: int, total_steps: int, cfg: OptimConfig) -> float:
+    """Multiplier of each group's base lr at `step`: linear warm-up, then constant or cosine decay
+    to `final_lr / lr` at the last step. A pure function of the step, so resuming needs no state."""
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    span = max(1, total_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.final_lr / cfg.lr
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
+    return optimizer.param_groups[0]["lr"]

@@ -1,0 +1,330 @@
+"""The training loop, one straight path per step:
+
+    camera -> rays -> field -> shading -> image -> guidance (SDS) -> loss -> optimizer
+
+Everything random draws from two generators owned by the trainer (one on the CPU for cameras and
+shading choices, one on the device for ray jitter, timesteps and noise). Their states are saved in
+every checkpoint, so a resumed run replays exactly the draws the uninterrupted run would have made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from dreamfusion.cameras import Cameras, orbit_cameras, sample_cameras
+from dreamfusion.checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    flatten_optimizer,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+    unflatten_optimizer,
+)
+from dreamfusion.config import Config, to_dict
+from dreamfusion.errors import UserError
+from dreamfusion.fields import build_background, build_field
+from dreamfusion.guidance.base import Guidance
+from dreamfusion.optim import build_optimizer, lr_factor, set_lr
+from dreamfusion.prompts import view_index, view_prompts
+from dreamfusion.regularizers import opacity_loss, orientation_loss, ramp
+from dreamfusion.renderer import render, render_views
+from dreamfusion.run_dir import RunDir, save_image_grid
+from dreamfusion.shading import choose_shading
+
+log = logging.getLogger("dreamfusion")
+
+
+@dataclass
+class StepTimer:
+    """Wall time per phase; synchronizes CUDA around phases only when asked (it slows training)."""
+
+    device: torch.device
+    sync: bool
+    totals: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        if self.sync and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        if self.sync and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - start
+
+
+def resolve_device(name: str) -> torch.device:
+    """A torch.device, or a UserError when CUDA is asked for where there is none."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device '{name}'; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("CUDA was asked for (--device cuda) but this machine has no usable GPU; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"device '{name}' is not supported; use cpu or cuda")
+    return device
+
+
+def validate_config(cfg: Config) -> None:
+    """Reject settings that cannot run, each with one line saying which and how to fix it."""
+    checks = [
+        (cfg.train.steps > 0, f"--steps must be positive (got {cfg.train.steps})"),
+        (cfg.train.batch_size > 0, f"batch size must be positive (got {cfg.train.batch_size})"),
+        (cfg.camera.resolution > 0, f"resolution must be positive (got {cfg.camera.resolution})"),
+        (cfg.render.samples_per_ray > 0, f"samples per ray must be positive (got {cfg.render.samples_per_ray})"),
+        (cfg.field.bound_radius > 0, f"bound radius must be positive (got {cfg.field.bound_radius})"),
+        (0.0 <= cfg.sds.t_range[0] < cfg.sds.t_range[1] <= 1.0, f"sds.t_range must lie in [0, 1] and rise (got {cfg.sds.t_range})"),
+        (cfg.optim.lr > 0, f"learning rate must be positive (got {cfg.optim.lr})"),
+        (cfg.train.seed >= 0, f"--seed must be non-negative (got {cfg.train.seed})"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+class Trainer:
+    """Optimizes a field so that its renders score well under a frozen guidance model."""
+
+    def __init__(self, prompt: str, cfg: Config, run_dir: Path, guidance: Guidance, resume: bool = False):
+        if not prompt.strip():
+            raise UserError("the prompt is empty; give a sentence such as \"a ceramic mug\"")
+        validate_config(cfg)
+        self.prompt = prompt.strip()
+        self.cfg = cfg
+        self.device = resolve_device(cfg.train.device)
+        self.run = RunDir(Path(run_dir))
+        self.guidance = guidance
+        try:  # before the run folder is touched: a prompt the model cannot read leaves nothing behind
+            self.embeddings = guidance.embed(view_prompts(self.prompt))
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        self.run.prepare(self.prompt, to_dict(cfg), resume)
+
+        torch.manual_seed(cfg.train.seed)  # parameter initialization only
+        self.field = build_field(cfg.field).to(self.device)
+        self.background = build_background(cfg.background).to(self.device)
+        self.optimizer = build_optimizer(self.field, self.background, cfg.optim)
+        self.cpu_gen = torch.Generator().manual_seed(cfg.train.seed)
+        self.device_gen = torch.Generator(self.device).manual_seed(cfg.train.seed + 1)
+        self.step = 0
+        self.skipped_steps = 0
+        self.elapsed = 0.0
+        self.timer = StepTimer(self.device, cfg.train.profile)
+        self._stop_requested = False
+        if resume:
+            self._resume()
+
+    # ----------------------------------------------------------------------------------- one step
+    def train_step(self) -> dict[str, Any]:
+        cfg, timer = self.cfg, self.timer
+        with timer("render"):
+            cameras = sample_cameras(cfg.train.batch_size, cfg.camera, self.cpu_gen).to(self.device)
+            shading = choose_shading(self.step, cfg.shading, self.cpu_gen)
+            orientation_w = ramp(
+                self.step,
+                cfg.regularizers.orientation_weight_start,
+                cfg.regularizers.orientation_weight,
+                cfg.regularizers.orientation_ramp_steps,
+            )
+            need_normals = shading != "albedo" or orientation_w > 0
+            with self._autocast():
+                out = render(
+                    self.field,
+                    self.background,
+                    cameras,
+                    shading,
+                    cfg.render,
+                    cfg.shading,
+                    generator=self.device_gen,
+                    compute_normals=need_normals,
+                )
+        with timer("guidance"):
+            prompt_index = view_index(cameras.elevation, cameras.azimuth).to(self.device)
+            sds = self.guidance.sds_loss(
+                out.image.float(),
+                self.embeddings,
+                prompt_index,
+                cameras,
+                self.device_gen,
+                self.step / cfg.train.steps,
+            )
+        opacity_w = ramp(
+            self.step,
+            cfg.regularizers.opacity_weight_start,
+            cfg.regularizers.opacity_weight,
+            cfg.regularizers.opacity_ramp_steps,
+        )
+        loss = sds.loss + opacity_w * opacity_loss(out.alpha)
+        orient = torch.zeros((), device=self.device)
+        if out.sample_normals is not None and orientation_w > 0:
+            orient = orientation_loss(out.weights, out.sample_normals, out.directions)
+            loss = loss + orientation_w * orient
+
+        with timer("backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with timer("optimizer"):
+            finite = bool(torch.isfinite(loss)) and self._grads_finite()
+            lr = set_lr(self.optimizer, lr_factor(self.step, cfg.train.steps, cfg.optim))
+            if finite:
+                if cfg.optim.grad_clip_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(self._params(), cfg.optim.grad_clip_norm)
+                self.optimizer.step()
+            else:
+                # One bad draw must not poison the field: drop this step's update, keep going.
+                self.skipped_steps += 1
+                log.warning("step %d: non-finite loss or gradient; update skipped", self.step)
+                self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return {
+            "step": self.step,
+            "loss": float(loss.detach()),
+            "sds": float(sds.loss.detach()),
+            "sds_grad": float(sds.grad_norm),
+            "orientation": float(orient.detach()),
+            "opacity": float(out.alpha.detach().mean()),
+            "t": float(sds.timesteps.float().mean()),
+            "shading": shading,
+            "lr": lr,
+            "skipped": not finite,
+        }
+
+    def _params(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def _grads_finite(self) -> bool:
+        grads = [p.grad for p in self._params() if p.grad is not None]
+        if not grads:
+            return True
+        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+    def _autocast(self):
+        dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.cfg.train.dtype]
+        if dtype is None or self.device.type != "cuda":
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=dtype)
+
+    # -------------------------------------------------------------------------------- the loop
+    def train(self) -> Path:
+        """Run until `train.steps`; returns the final checkpoint's path. Ctrl-C saves and stops."""
+        cfg = self.cfg.train
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is not None and _in_main_thread():
+            signal.signal(signal.SIGINT, self._request_stop)
+        bar = tqdm(
+            total=cfg.steps, initial=self.step, disable=not cfg.progress, desc="dreamfusion", unit="step",
+            dynamic_ncols=True,
+        )
+        last_ckpt = None
+        try:
+            while self.step < cfg.steps:
+                start = time.perf_counter()
+                metrics = self.train_step()
+                self.elapsed += time.perf_counter() - start
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4g}", shading=metrics["shading"][:5])
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    self.run.log_metrics({**metrics, "elapsed_s": round(self.elapsed, 3), "timings": self.timings()})
+                if cfg.preview_every and self.step % cfg.preview_every == 0:
+                    self.save_preview()
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                    last_ckpt = self.save()
+                if self._stop_requested:
+                    last_ckpt = self.save()
+                    bar.write(f"interrupted at step {self.step}; checkpoint saved, resume with --resume")
+                    raise KeyboardInterrupt
+        finally:
+            bar.close()
+            if _in_main_thread():
+                signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+        if last_ckpt is None:  # already finished on resume
+            last_ckpt = self.run.latest_checkpoint()
+        self.save_preview(name="final")
+        return last_ckpt
+
+    def _request_stop(self, signum, frame) -> None:
+        if self._stop_requested:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self._stop_requested = True
+
+    def timings(self) -> dict[str, float]:
+        """Mean seconds per step of each phase so far in this process."""
+        steps = max(1, self.step - getattr(self, "_first_step", 0))
+        return {k: round(v / steps, 5) for k, v in self.timer.totals.items()}
+
+    # ------------------------------------------------------------------------ previews, saving
+    @torch.no_grad()
+    def preview_images(self, n_views: int = 4) -> list[torch.Tensor]:
+        res = self.cfg.train.preview_resolution
+        cameras: Cameras = orbit_cameras(n_views, res, elevation=15.0, distance=1.3).to(self.device)
+        rows = []
+        for mode in ("albedo", "lambertian"):
+            out = render_views(self.field, self.background, cameras, mode, self.cfg.render, self.cfg.shading)
+            rows.append(out.image.float().cpu())
+        return rows
+
+    def save_preview(self, name: str | None = None) -> Path:
+        path = self.run.previews / f"{name or f'step_{self.step:07d}'}.png"
+        return save_image_grid(path, self.preview_images())
+
+    def save(self) -> Path:
+        tensors: dict[str, torch.Tensor] = {}
+        tensors.update({f"field.{k}": v for k, v in self.field.state_dict().items()})
+        tensors.update({f"background.{k}": v for k, v in self.background.state_dict().items()})
+        optim_tensors, optim_rest = flatten_optimizer(self.optimizer.state_dict())
+        tensors.update(optim_tensors)
+        tensors["rng.cpu"] = self.cpu_gen.get_state()
+        tensors["rng.device"] = self.device_gen.get_state().cpu()
+        meta = {"optim": optim_rest, "skipped_steps": self.skipped_steps, "elapsed_s": self.elapsed}
+        path = save_checkpoint(
+            checkpoint_path(self.run.checkpoints, self.step), self.step, self.prompt, to_dict(self.cfg), tensors, meta
+        )
+        prune_checkpoints(self.run.checkpoints, self.cfg.train.keep_checkpoints)
+        return path
+
+    def _resume(self) -> None:
+        path = self.run.latest_checkpoint()
+        if path is None:
+            raise UserError(f"nothing to resume in {self.run.path}: no checkpoint under checkpoints/")
+        try:
+            ckpt = load_checkpoint(path)
+            if ckpt.prompt != self.prompt:
+                raise CheckpointError(f"checkpoint {path} was trained on {ckpt.prompt!r}, not {self.prompt!r}")
+            self.field.load_state_dict(_to(ckpt.section("field"), self.device))
+            self.background.load_state_dict(_to(ckpt.section("background"), self.device))
+            optim_state = unflatten_optimizer(ckpt.section("optim"), ckpt.meta["optim"])
+            self.optimizer.load_state_dict(optim_state)
+            self.cpu_gen.set_state(ckpt.tensors["rng.cpu"])
+            self.device_gen.set_state(ckpt.tensors["rng.device"])
+        except CheckpointError as e:
+            raise UserError(f"cannot resume: {e}") from None
+        except (RuntimeError, KeyError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"cannot resume: checkpoint {path} does not match this run's model ({first})") from None
+        self.step = ckpt.step
+        self._first_step = ckpt.step
+        self.skipped_steps = int(ckpt.meta.get("skipped_steps", 0))
+        self.elapsed = float(ckpt.meta.get("elapsed_s", 0.0))
+        self.run.truncate_metrics(self.step)
+
+
+def _to(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in tensors.items()}
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
