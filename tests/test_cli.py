@@ -1,0 +1,137 @@
+"""The command line: a smoke run end to end, and one clear line for every bad input."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dreamfusion.cli import main
+
+FAST = ["--preset", "smoke", "--quiet", "--camera.resolution", "12", "--render.samples-per-ray", "12",
+        "--train.preview-resolution", "16"]
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error: ")
+    return err[0]
+
+
+def test_generate_smoke_end_to_end_through_the_installed_command(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dreamfusion.cli", "generate", "a sphere", "--preset", "smoke", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"run folder:  {out}" in proc.stdout
+    assert (out / "config.json").is_file() and (out / "metrics.jsonl").is_file()
+    assert list((out / "checkpoints").glob("step_*.safetensors"))
+    assert (out / "previews" / "final.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["generate", ""], "prompt is empty"),
+        (["generate", "   "], "prompt is empty"),
+        (["generate", "a mug", "--preset", "huge"], "unknown preset 'huge'"),
+        (["generate", "a mug", "--guidance", "imagen9"], "unknown guidance 'imagen9'"),
+        (["generate", "a mug", "--steps", "0"], "--steps must be positive"),
+        (["generate", "a mug", "--steps", "-5"], "--steps must be positive"),
+        (["generate", "a mug", "--preset", "smoke", "--camera.resolution", "0"], "resolution must be positive"),
+        (["generate", "a mug", "--preset", "smoke", "--render.samples-per-ray", "-1"], "samples per ray"),
+        (["generate", "a", "ceramic", "mug"], "in quotes"),
+    ],
+)
+def test_bad_input_gets_one_line_and_writes_nothing(tmp_path, capsys, argv, message):
+    out = tmp_path / "run"
+    code = main(argv + ["--out", str(out)])
+    assert code != 0
+    assert message in _error_line(capsys)
+    assert not out.exists()
+
+
+def test_cuda_where_there_is_none(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "run"
+    assert main(["generate", "a mug", *FAST, "--device", "cuda", "--out", str(out)]) != 0
+    assert "no usable GPU" in _error_line(capsys)
+    assert not out.exists()
+
+
+def test_folder_of_another_run_is_left_untouched(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["generate", "a red sphere", *FAST, "--steps", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    before = _tree(out)
+    assert main(["generate", "a blue sphere", *FAST, "--steps", "2", "--out", str(out)]) != 0
+    assert "already holds a run" in _error_line(capsys)
+    assert main(["generate", "a red sphere", *FAST, "--steps", "2", "--out", str(out)]) != 0
+    assert "--resume" in _error_line(capsys)
+    assert _tree(out) == before
+
+
+def test_output_path_that_is_a_file(tmp_path, capsys):
+    out = tmp_path / "file.txt"
+    out.write_text("keep me")
+    assert main(["generate", "a mug", *FAST, "--out", str(out)]) != 0
+    assert "is a file" in _error_line(capsys)
+    assert out.read_text() == "keep me"
+
+
+def test_resume_with_corrupt_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["generate", "a red sphere", *FAST, "--steps", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    ckpt = next((out / "checkpoints").glob("step_*.safetensors"))
+    ckpt.write_bytes(b"garbage" * 10)
+    before = _tree(out)
+    assert main(["generate", "a red sphere", *FAST, "--steps", "4", "--out", str(out), "--resume"]) != 0
+    assert "corrupt" in _error_line(capsys)
+    assert _tree(out) == before
+
+
+def test_resume_with_mismatched_settings(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["generate", "a red sphere", *FAST, "--steps", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    before = _tree(out)
+    assert main(["generate", "a red sphere", *FAST, "--steps", "2", "--out", str(out), "--resume",
+                 "--field.kind", "mlp"]) != 0
+    assert "field.kind" in _error_line(capsys)
+    assert main(["generate", "a blue sphere", *FAST, "--steps", "2", "--out", str(out), "--resume"]) != 0
+    assert "prompt" in _error_line(capsys)
+    assert _tree(out) == before
+
+
+def test_resume_with_a_checkpoint_of_another_model(tmp_path, capsys):
+    """A checkpoint whose tensors do not fit the model (e.g. copied from another run)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["generate", "a red sphere", *FAST, "--steps", "2", "--out", str(a)]) == 0
+    assert main(["generate", "a red sphere", *FAST, "--steps", "2", "--out", str(b), "--field.hash-levels", "2"]) == 0
+    capsys.readouterr()
+    foreign = next((b / "checkpoints").glob("step_*.safetensors"))
+    target = next((a / "checkpoints").glob("step_*.safetensors"))
+    target.write_bytes(foreign.read_bytes())
+    before = _tree(a)
+    assert main(["generate", "a red sphere", *FAST, "--steps", "4", "--out", str(a), "--resume"]) != 0
+    assert "does not match" in _error_line(capsys)
+    assert _tree(a) == before
+
+
+def test_resume_continues_to_more_steps(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["generate", "a red sphere", *FAST, "--steps", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["generate", "a red sphere", *FAST, "--steps", "4", "--out", str(out), "--resume"]) == 0
+    assert "step_0000004.safetensors" in capsys.readouterr().out

@@ -1,0 +1,122 @@
+"""The training loop: run folders, bit-exact resume, skipped non-finite steps."""
+
+import dataclasses
+import json
+import logging
+
+import pytest
+import torch
+
+from dreamfusion.api import GUIDANCE_BACKENDS, generate
+from dreamfusion.guidance.base import SDSOutput
+from dreamfusion.trainer import Trainer
+from tests.conftest import tiny_config
+
+
+def _backend(cfg):
+    return GUIDANCE_BACKENDS[cfg.guidance.name](cfg, torch.device("cpu"))
+
+
+def _state(trainer):
+    out = {f"field.{k}": v for k, v in trainer.field.state_dict().items()}
+    out.update({f"bg.{k}": v for k, v in trainer.background.state_dict().items()})
+    for i, s in trainer.optimizer.state_dict()["state"].items():
+        out.update({f"opt.{i}.{k}": v for k, v in s.items()})
+    return out
+
+
+def test_run_folder_holds_config_checkpoint_previews_metrics(tmp_path):
+    cfg = tiny_config(steps=6, preview_every=3, checkpoint_every=3, log_every=2)
+    result = generate("a red sphere", out=tmp_path / "run", config=cfg)
+    run = tmp_path / "run"
+    assert result.run_dir == run and result.steps == 6
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["prompt"] == "a red sphere" and saved["config"]["train"]["steps"] == 6
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "step_0000003.safetensors",
+        "step_0000006.safetensors",
+    ]
+    assert result.checkpoint == run / "checkpoints" / "step_0000006.safetensors"
+    assert {p.name for p in (run / "previews").iterdir()} == {"step_0000003.png", "step_0000006.png", "final.png"}
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [2, 4, 6]
+    assert all(set(m["timings"]) >= {"render", "guidance", "backward", "optimizer"} for m in lines)
+    assert isinstance(result.field, torch.nn.Module)
+
+
+@pytest.mark.parametrize("interrupt_at", [3, 4])
+def test_resume_equals_uninterrupted_to_the_bit(tmp_path, interrupt_at):
+    cfg = tiny_config(steps=8, checkpoint_every=100)
+    cfg = dataclasses.replace(cfg, shading=dataclasses.replace(cfg.shading, albedo_warmup_steps=3))
+    straight = Trainer("a red sphere", cfg, tmp_path / "a", _backend(cfg))
+    straight.train()
+
+    first = Trainer("a red sphere", cfg, tmp_path / "b", _backend(cfg))
+    for _ in range(interrupt_at):
+        first.train_step()
+    first.save()
+    del first
+    resumed = Trainer("a red sphere", cfg, tmp_path / "b", _backend(cfg), resume=True)
+    assert resumed.step == interrupt_at
+    resumed.train()
+
+    a, b = _state(straight), _state(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_stop_request_saves_then_resumes(tmp_path):
+    cfg = tiny_config(steps=5, checkpoint_every=100)
+    trainer = Trainer("a red sphere", cfg, tmp_path / "run", _backend(cfg))
+    trainer._stop_requested = True  # what Ctrl-C sets
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert (tmp_path / "run" / "checkpoints" / "step_0000001.safetensors").is_file()
+    resumed = Trainer("a red sphere", cfg, tmp_path / "run", _backend(cfg), resume=True)
+    resumed.train()
+    assert resumed.step == 5
+
+
+class _PoisonOnce:
+    """Wraps a backend; its loss is NaN at one chosen call."""
+
+    def __init__(self, inner, bad_call):
+        self.inner, self.bad_call, self.calls = inner, bad_call, 0
+
+    def embed(self, prompts):
+        return self.inner.embed(prompts)
+
+    def sds_loss(self, images, *args, **kwargs):
+        self.calls += 1
+        out = self.inner.sds_loss(images, *args, **kwargs)
+        if self.calls == self.bad_call:
+            return SDSOutput(loss=out.loss * float("nan"), timesteps=out.timesteps, grad_norm=out.grad_norm)
+        return out
+
+
+def test_non_finite_step_is_skipped_with_a_warning(tmp_path, caplog):
+    cfg = tiny_config(steps=4)
+    trainer = Trainer("a red sphere", cfg, tmp_path / "run", _PoisonOnce(_backend(cfg), bad_call=2))
+    trainer.train_step()
+    before = {k: v.clone() for k, v in trainer.field.state_dict().items()}
+    with caplog.at_level(logging.WARNING, logger="dreamfusion"):
+        metrics = trainer.train_step()
+    assert metrics["skipped"] and trainer.skipped_steps == 1
+    assert "non-finite" in caplog.text
+    after = trainer.field.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.isfinite(v).all() for v in after.values())
+    trainer.train_step()  # and training goes on, changing the field again
+    assert any(not torch.equal(before[k], trainer.field.state_dict()[k]) for k in before)
+
+
+def test_same_seed_same_result(tmp_path):
+    cfg = tiny_config(steps=3)
+    a = generate("a red sphere", out=tmp_path / "a", config=cfg)
+    b = generate("a red sphere", out=tmp_path / "b", config=cfg)
+    c = generate("a red sphere", out=tmp_path / "c", config=dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, seed=1)))
+    sa, sb, sc = a.field.state_dict(), b.field.state_dict(), c.field.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa)
