@@ -72,6 +72,8 @@ class FieldConfig:
     """Hidden width of the small MLP decoding hash-grid features."""
     hash_mlp_depth: int = 2
     """Hidden layers of the small MLP decoding hash-grid features."""
+    activation: Literal["softplus", "silu", "relu"] = "softplus"
+    """Hidden activation of both fields' MLPs; softplus and silu keep second derivatives (normals) smooth."""
 
 
 @dataclass
