@@ -22,9 +22,11 @@ from dreamfusion import __version__
 from dreamfusion.checkpoint import atomic_write, list_checkpoints
 from dreamfusion.errors import UserError
 
-# Fields that may change between an interrupted run and its resumption: none of them alters the
-# optimization, so the resumed result still equals the uninterrupted one.
+# Fields that may change between an interrupted run and its resumption. None alters the optimization,
+# so the resumed result equals the uninterrupted one; train.steps extends (or shortens) a run, which
+# with a cosine schedule bends the learning rate from the resumed step on.
 RESUMABLE_CHANGES = {
+    "train.steps",
     "train.device",
     "train.progress",
     "train.log_every",
