@@ -15,7 +15,9 @@ from dreamfusion.cameras import Cameras
 class SDSOutput:
     """What a guidance backend returns for a batch of renders."""
 
-    loss: Tensor  # scalar; its gradient w.r.t. the images is w(t) (eps_hat - eps) / B
+    # Scalar whose gradient w.r.t. the model's input x is w(t) (eps_hat - eps) / B; x is the image in
+    # the model's space (pixels scaled to [-1, 1] for pixel models, so d/d image is twice that).
+    loss: Tensor
     timesteps: Tensor  # (B,) integer timesteps used
     grad_norm: Tensor  # scalar: mean norm of w(t) (eps_hat - eps) per image, for logging
 
