@@ -1,1 +1,41 @@
-"""3D fields: density and albedo at points, behind the `Field` protocol."""
+"""3D fields: density and albedo at points, behind the `Field` protocol; and the backgrounds."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from dreamfusion.config import BackgroundConfig, FieldConfig
+from dreamfusion.fields.analytic import SphereField
+from dreamfusion.fields.background import ConstantBackground, EnvMapBackground
+from dreamfusion.fields.hashgrid import HashGridField
+from dreamfusion.fields.mlp import MLPField, positional_encoding
+
+FIELDS: dict[str, type[nn.Module]] = {"mlp": MLPField, "hashgrid": HashGridField}
+
+__all__ = [
+    "FIELDS",
+    "ConstantBackground",
+    "EnvMapBackground",
+    "HashGridField",
+    "MLPField",
+    "SphereField",
+    "build_background",
+    "build_field",
+    "positional_encoding",
+]
+
+
+def build_field(cfg: FieldConfig) -> nn.Module:
+    """The trainable field named by `cfg.kind`."""
+    if cfg.kind not in FIELDS:
+        raise ValueError(f"unknown field kind '{cfg.kind}' (use one of: {', '.join(FIELDS)})")
+    return FIELDS[cfg.kind](cfg)
+
+
+def build_background(cfg: BackgroundConfig) -> nn.Module:
+    """The background named by `cfg.kind`: 'envmap' (trainable) or 'constant' (`cfg.color`)."""
+    if cfg.kind == "envmap":
+        return EnvMapBackground(cfg)
+    if cfg.kind == "constant":
+        return ConstantBackground(cfg.color)
+    raise ValueError(f"unknown background kind '{cfg.kind}' (use one of: envmap, constant)")

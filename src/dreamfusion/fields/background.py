@@ -1,0 +1,43 @@
+"""Backgrounds: the color a ray sees where the field leaves it transparent."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from dreamfusion.config import BackgroundConfig
+from dreamfusion.fields.mlp import hidden_layers, positional_encoding
+
+
+class EnvMapBackground(nn.Module):
+    """The paper's environment map: an MLP on the positionally encoded ray direction.
+
+    One hidden layer is enough for a smooth backdrop; a more expressive one competes with the
+    object for explaining the image.
+    """
+
+    def __init__(self, cfg: BackgroundConfig):
+        super().__init__()
+        self.frequencies = cfg.frequencies
+        in_dim = 3 * (1 + 2 * cfg.frequencies)
+        self.net = nn.Sequential(
+            hidden_layers(in_dim, cfg.width, 1, "softplus"), nn.Linear(cfg.width, 3), nn.Sigmoid()
+        )
+
+    def forward(self, directions: Tensor) -> Tensor:
+        """(..., 3) unit directions -> (..., 3) colors in [0, 1]."""
+        flat = directions.reshape(-1, 3)
+        return self.net(positional_encoding(flat, self.frequencies)).reshape(directions.shape)
+
+
+class ConstantBackground(nn.Module):
+    """One fixed color everywhere; no parameters (and nothing in the state dict)."""
+
+    def __init__(self, color: tuple[float, float, float]):
+        super().__init__()
+        self.color = tuple(float(c) for c in color)
+
+    def forward(self, directions: Tensor) -> Tensor:
+        """(..., 3) directions -> (..., 3) copies of the color, on the input's device and dtype."""
+        color = torch.tensor(self.color, device=directions.device, dtype=directions.dtype)
+        return color.expand(directions.shape)
