@@ -298,3 +298,10 @@ def test_sphere_field():
         normals = -F.normalize(grad, dim=-1)
         assert torch.isfinite(normals).all()
         assert (normals * dirs).sum(-1).min() > 0.999
+
+
+def test_hash_encoding_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="hash_levels"):
+        HashEncoding(levels=0, features=2, log2_size=12, base=4, finest=32)
+    with pytest.raises(ValueError, match="below"):
+        HashEncoding(levels=2, features=2, log2_size=12, base=64, finest=32)

@@ -84,6 +84,10 @@ class HashEncoding(nn.Module):
 
     def __init__(self, levels: int, features: int, log2_size: int, base: int, finest: int):
         super().__init__()
+        if levels < 1 or base < 1:
+            raise ValueError(
+                f"the hash grid needs hash_levels >= 1 and a base resolution >= 1, got {levels}, {base}"
+            )
         if finest < base:
             raise ValueError(f"hash_max_resolution {finest} is below hash_base_resolution {base}")
         self.table_size = 2**log2_size
