@@ -97,7 +97,8 @@ class RunDir:
         return found[-1] if found else None
 
     def prepare(self, prompt: str, config: dict[str, Any], resume: bool) -> None:
-        """Check the folder can take this run, then write config.json. Raises UserError, touching nothing."""
+        """Check the folder can take this run. Raises UserError; touches nothing."""
+        config = json.loads(json.dumps(config))  # tuples -> lists, as saved
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"output path {self.path} is a file; pass --out with a folder")
         if resume:
@@ -120,6 +121,9 @@ class RunDir:
             else:
                 hint = "choose another --out (nothing was overwritten)"
             raise UserError(f"output folder {self.path} already holds a run; {hint}")
+
+    def write_config(self, prompt: str, config: dict[str, Any]) -> None:
+        """Record the prompt and resolved config (after `prepare` accepted them)."""
         self.path.mkdir(parents=True, exist_ok=True)
         record = {"prompt": prompt, "config": config, "version": __version__}
         text = json.dumps(record, indent=2, sort_keys=True)

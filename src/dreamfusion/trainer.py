@@ -124,6 +124,7 @@ class Trainer:
         self._stop_requested = False
         if resume:
             self._resume()
+        self.run.write_config(self.prompt, to_dict(cfg))  # only once the run is known to be sound
 
     # ----------------------------------------------------------------------------------- one step
     def train_step(self) -> dict[str, Any]:
