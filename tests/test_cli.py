@@ -135,3 +135,14 @@ def test_resume_continues_to_more_steps(tmp_path, capsys):
     capsys.readouterr()
     assert main(["generate", "a red sphere", *FAST, "--steps", "4", "--out", str(out), "--resume"]) == 0
     assert "step_0000004.safetensors" in capsys.readouterr().out
+
+
+def test_tensorboard_without_the_package(tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed here")
+    out = tmp_path / "run"
+    assert main(["generate", "a mug", *FAST, "--train.tensorboard", "--out", str(out)]) != 0
+    assert "dreamfusion[tensorboard]" in _error_line(capsys)
+    assert not out.exists()

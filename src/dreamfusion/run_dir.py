@@ -75,6 +75,7 @@ def flat_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[st
 @dataclass
 class RunDir:
     path: Path
+    _tensorboard: Any = None
 
     @property
     def config_file(self) -> Path:
@@ -152,6 +153,30 @@ class RunDir:
     def log_metrics(self, record: dict[str, Any]) -> None:
         with self.metrics_file.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        if self._tensorboard is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
+                    self._tensorboard.add_scalar(key, value, record["step"])
+
+    @staticmethod
+    def check_tensorboard() -> None:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise UserError(
+                'TensorBoard logging needs the tensorboard package: pip install "dreamfusion[tensorboard]"'
+            )
+
+    def open_tensorboard(self) -> None:
+        """Also send numeric metrics to TensorBoard event files under RUN/tensorboard."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._tensorboard = SummaryWriter(str(self.path / "tensorboard"))
+
+    def close(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
 
 
 def save_image_grid(path: Path, rows: list[torch.Tensor]) -> Path:

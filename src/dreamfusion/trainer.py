@@ -104,6 +104,8 @@ class Trainer:
         self.cfg = cfg
         self.device = resolve_device(cfg.train.device)
         self.run = RunDir(Path(run_dir))
+        if cfg.train.tensorboard:
+            self.run.check_tensorboard()
         self.guidance = guidance
         try:  # before the run folder is touched: a prompt the model cannot read leaves nothing behind
             self.embeddings = guidance.embed(view_prompts(self.prompt))
@@ -228,6 +230,8 @@ class Trainer:
             dynamic_ncols=True,
         )
         last_ckpt = None
+        if cfg.tensorboard:
+            self.run.open_tensorboard()
         try:
             while self.step < cfg.steps:
                 start = time.perf_counter()
@@ -247,6 +251,7 @@ class Trainer:
                     raise KeyboardInterrupt
         finally:
             bar.close()
+            self.run.close()
             if _in_main_thread():
                 signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
         if last_ckpt is None:  # already finished on resume
