@@ -23,9 +23,23 @@ def _closed_form(cfg: Config, device: torch.device) -> Guidance:
     return ClosedFormGuidance(cfg.guidance, cfg.sds, cfg.shading, background_color=background, device=device)
 
 
+def _stable_diffusion(cfg: Config, device: torch.device) -> Guidance:
+    from dreamfusion.guidance.stable_diffusion import load_stable_diffusion
+
+    return load_stable_diffusion(cfg.guidance, cfg.sds, device)
+
+
+def _deepfloyd_if(cfg: Config, device: torch.device) -> Guidance:
+    from dreamfusion.guidance.deepfloyd_if import load_deepfloyd_if
+
+    return load_deepfloyd_if(cfg.guidance, cfg.sds, device)
+
+
 # Choosing a backend is this one dict: name -> builder(config, device). Builders import lazily.
 GUIDANCE_BACKENDS: dict[str, Callable[[Config, torch.device], Guidance]] = {
     "closed-form": _closed_form,
+    "stable-diffusion": _stable_diffusion,
+    "deepfloyd-if": _deepfloyd_if,
 }
 
 

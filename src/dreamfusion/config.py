@@ -150,6 +150,14 @@ class SDSConfig:
     """w(t): sigma2 = 1 - alphabar_t (the paper), uniform = 1, snr_sqrt = sqrt(alphabar_t) sigma_t."""
     grad_clip: float = 0.0
     """Clip |w (eps_hat - eps)| elementwise at this value (0: off)."""
+    t_anneal: Literal["none", "linear", "sqrt", "step"] = "none"
+    """Lower the top of t_range over training (beyond the paper): none keeps t_range; linear and sqrt move
+    t_max from t_range[1] to t_anneal_end between t_anneal_start and the end; step jumps at t_anneal_start.
+    Applied by the diffusers backends from the trainer's progress."""
+    t_anneal_end: float = 0.5
+    """t_max at the end of training when t_anneal is not none (fraction of the model's timesteps)."""
+    t_anneal_start: float = 0.0
+    """Fraction of training before which t_range is used unchanged (step: the fraction where t_max jumps)."""
 
 
 @dataclass
@@ -178,6 +186,43 @@ class GuidanceConfig:
     """closed-form: shading modes of the target renders forming the equally weighted data mixture."""
     noise_schedule: Literal["linear", "cosine"] = "linear"
     """closed-form: DDPM noise schedule of the model (linear betas 1e-4..0.02, or cosine), T = 1000."""
+    revision: str | None = None
+    """stable-diffusion, deepfloyd-if: Hub revision (branch, tag or commit) of a hub id in `model`."""
+    variant: str | None = "auto"
+    """stable-diffusion, deepfloyd-if: weight-file variant such as fp16; auto: fp16 files when loading in
+    float16 and they exist (or when a folder holds only those), else the full files; None: full files."""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """stable-diffusion, deepfloyd-if: frozen model precision (auto: float16 on CUDA, float32 on CPU)."""
+    image_size: int = 0
+    """stable-diffusion: renders are resized to this before the VAE; deepfloyd-if: before the U-Net.
+    0: the model's native size (512 for SD 1.x/2.x-base, 64 for IF stage I)."""
+    negative_prompt: str = ""
+    """stable-diffusion, deepfloyd-if: prompt of the 'unconditional' branch of classifier-free guidance."""
+    cache_dir: str | None = None
+    """stable-diffusion, deepfloyd-if: folder of the prompt-embedding cache; None: $DREAMFUSION_CACHE or
+    ~/.cache/dreamfusion (model weights stay in the Hugging Face cache, see HF_HOME)."""
+    embedding_cache: bool = True
+    """stable-diffusion, deepfloyd-if: reuse prompt embeddings saved on disk (keyed by model and text)."""
+    compile: bool = False
+    """stable-diffusion, deepfloyd-if: torch.compile the U-Net (slow first steps, faster after)."""
+    channels_last: bool = False
+    """stable-diffusion, deepfloyd-if: keep the U-Net (and VAE) in channels_last memory format, which
+    recent NVIDIA GPUs run faster in float16; see benchmarks/guidance_gpu.py."""
+    vae_slicing: bool = False
+    """stable-diffusion: encode a batch through the VAE one image at a time (less memory, a little slower)."""
+    perp_neg: bool = False
+    """stable-diffusion, deepfloyd-if: Perp-Neg (Armandpour et al. 2023): the positive prompt interpolates the
+    view prompts by azimuth and the other views' prompts act as perpendicular negatives, against multi-face
+    objects. Costs two more U-Net evaluations per image."""
+    perp_neg_front_side: tuple[float, float, float] = (4.0, 0.5, -2.426)
+    """Perp-Neg (a, b, c): weight a exp(-b r) + c of the front prompt as a negative, front to side;
+    r = 1 at the front."""
+    perp_neg_side_front: tuple[float, float, float] = (4.0, 0.5, -2.426)
+    """Perp-Neg (a, b, c): weight of the side prompt as a negative, front to side; r = 1 at the side."""
+    perp_neg_side_back: tuple[float, float, float] = (1.0, 0.5, -0.606)
+    """Perp-Neg (a, b, c): weight of the side prompt as a negative, side to back; r = 1 at the side."""
+    perp_neg_front_back: tuple[float, float, float] = (1.0, 0.5, 0.967)
+    """Perp-Neg (a, b, c): weight of the front prompt as a negative, side to back; r = 1 at the side."""
 
 
 @dataclass
