@@ -58,6 +58,8 @@ class GenerateResult:
     steps: int
     skipped_steps: int
     seconds: float
+    mesh: Path | None = None  # RUN/mesh.glb unless export_mesh=False or the export failed
+    video: Path | None = None  # RUN/turntable.mp4 unless turntable=False or it failed
 
 
 def resolve_config(
@@ -104,8 +106,16 @@ def generate(
     resume: bool = False,
     config: Config | None = None,
     progress: bool | None = None,
+    export_mesh: bool = True,
+    turntable: bool = True,
+    view: bool = False,
+    view_port: int = 8080,
 ) -> GenerateResult:
-    """Turn a sentence into a trained 3D field. Raises UserError on bad input, before writing anything."""
+    """Turn a sentence into a trained 3D field. Raises UserError on bad input, before writing anything.
+
+    After training, the mesh (RUN/mesh.glb) and a turntable (RUN/turntable.mp4) are written
+    unless `export_mesh` / `turntable` is False; `view` serves the field live on `view_port`.
+    """
     from dreamfusion.trainer import Trainer, resolve_device
 
     if not isinstance(prompt, str) or not prompt.strip():
@@ -120,7 +130,19 @@ def generate(
     except ValueError as e:
         raise UserError(str(e)) from None
     trainer = Trainer(prompt, cfg, run_dir, backend, resume=resume)
-    checkpoint = trainer.train()
+    viewer = None
+    if view:
+        from dreamfusion.viewer import Viewer
+
+        viewer = Viewer(trainer.field, trainer.background, cfg, port=view_port, live=True, title=prompt)
+    try:
+        checkpoint = trainer.train()
+    finally:
+        if viewer is not None:
+            viewer.stop()
+    from dreamfusion.export.assets import write_assets
+
+    assets = write_assets(trainer.run.path, trainer.field, trainer.background, cfg, export_mesh, turntable)
     return GenerateResult(
         prompt=trainer.prompt,
         run_dir=trainer.run.path,
@@ -133,4 +155,6 @@ def generate(
         steps=trainer.step,
         skipped_steps=trainer.skipped_steps,
         seconds=trainer.elapsed,
+        mesh=assets.mesh,
+        video=assets.video,
     )

@@ -2,8 +2,14 @@
 
     dreamfusion generate PROMPT [--out DIR] [--preset NAME] [--seed N] [--steps N]
                                 [--guidance NAME] [--device cpu|cuda] [--resume] [--section.field VALUE ...]
+                                [--no-mesh] [--no-video] [--view] [--port N]
     dreamfusion presets
     dreamfusion config [--preset NAME] [--section.field VALUE ...]
+    dreamfusion export RUN [--out PATH] [--format glb|obj|ply] [--resolution 256] [--texture-size 1024]
+                           [--level auto|FLOAT] [--faces 50000]
+    dreamfusion render RUN [--video out.mp4|out.gif] [--mode color|albedo|textureless|normal|depth]
+                           [--frames 120] [--elevation 15] [--size 256] [--light camera:30,30|world:AZ,EL]
+    dreamfusion view RUN [--port 8080] [--host 127.0.0.1]
 
 The common flags are plain argparse; every other config field (`--optim.lr 1e-3`,
 `--camera.resolution 96`, ...) is parsed by tyro against the chosen preset, whose dataclass
@@ -40,12 +46,58 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
     gen.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    gen.add_argument("--no-mesh", action="store_true", help="do not export RUN/mesh.glb at the end")
+    gen.add_argument("--no-video", action="store_true", help="do not render RUN/turntable.mp4 at the end")
+    gen.add_argument("--view", action="store_true", help="serve a live web viewer of the field as it trains")
+    gen.add_argument("--port", type=int, default=8080, help="port of the --view viewer (default: 8080)")
 
     sub.add_parser("presets", help="list the presets")
 
     conf = sub.add_parser("config", help="print a preset's resolved config as JSON", add_help=False)
     conf.add_argument("--preset", default="default")
+    _asset_parsers(sub)
     return parser
+
+
+def _asset_parsers(sub) -> None:
+    """export, render and view: each takes a run folder (or one of its checkpoints)."""
+    exp = sub.add_parser(
+        "export",
+        help="extract a textured mesh from a run",
+        description="Marching cubes on the density, floaters removed, decimated, UV-unwrapped, "
+        "albedo baked into a texture (docs/export.md).",
+    )
+    exp.add_argument("run", type=Path, help="run folder (or checkpoint file)")
+    exp.add_argument("--out", type=Path, default=None, help="mesh file (default: RUN/mesh.<format>)")
+    exp.add_argument("--format", default=None, help="glb | obj | ply (default: from --out, else glb)")
+    exp.add_argument("--resolution", type=int, default=256, help="grid per axis, 16-512 (default 256)")
+    exp.add_argument("--texture-size", type=int, default=1024, help="texture side; 0 = vertex colors (1024)")
+    exp.add_argument("--level", default="auto", help="density iso-level, or auto (default: auto)")
+    exp.add_argument("--faces", type=int, default=50000, help="decimate to this many faces; 0: keep all")
+    exp.add_argument("--keep-fraction", type=float, default=0.05,
+                     help="drop parts with fewer faces than this fraction of the largest (default 0.05)")
+    exp.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+
+    ren = sub.add_parser("render", help="render a turntable video of a run")
+    ren.add_argument("run", type=Path, help="run folder (or checkpoint file)")
+    ren.add_argument("--video", type=Path, default=None, help="out.mp4 or out.gif (RUN/turntable_MODE.mp4)")
+    ren.add_argument("--mode", default="color", help="color|albedo|textureless|normal|depth (default color)")
+    ren.add_argument("--frames", type=int, default=120, help="frames in one orbit (default 120)")
+    ren.add_argument("--elevation", type=float, default=15.0, help="camera elevation, degrees (default 15)")
+    ren.add_argument("--size", type=int, default=256, help="width and height, 16-2048 (default 256)")
+    ren.add_argument("--distance", type=float, default=1.3, help="camera distance (default 1.3)")
+    ren.add_argument("--fps", type=int, default=30, help="frames per second (default 30)")
+    ren.add_argument("--light", default="camera",
+                     help="camera[:AZ,EL] turns with the camera (30,30); world:AZ,EL[,DIST] stays put")
+    ren.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+
+    view = sub.add_parser("view", help="serve a web viewer of a run (mesh and field renders)")
+    view.add_argument("run", type=Path, help="run folder (or checkpoint file)")
+    view.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    view.add_argument("--host", default="127.0.0.1", help="interface; 0.0.0.0 for all (default: local)")
+    view.add_argument("--mesh", type=Path, default=None, help="mesh (default: RUN/mesh.glb, else extracted)")
+    view.add_argument("--resolution", type=int, default=128, help="grid of a mesh extracted on the fly")
+    view.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
 
 
 def _apply_overrides(cfg, extra: list[str], prog: str):
@@ -66,11 +118,18 @@ def _generate(args: argparse.Namespace, extra: list[str]) -> int:
 
     cfg = resolve_config(args.preset, args.steps, args.seed, args.guidance, args.device)
     cfg = _apply_overrides(cfg, extra, "dreamfusion generate PROMPT")
-    result = generate(args.prompt, out=args.out, resume=args.resume, config=cfg, progress=not args.quiet)
+    result = generate(
+        args.prompt, out=args.out, resume=args.resume, config=cfg, progress=not args.quiet,
+        export_mesh=not args.no_mesh, turntable=not args.no_video, view=args.view, view_port=args.port,
+    )
     print(f"run folder:  {result.run_dir}")
     print(f"checkpoint:  {result.checkpoint}")
     print(f"preview:     {result.preview}")
     print(f"metrics:     {result.metrics}")
+    if result.mesh:
+        print(f"mesh:        {result.mesh}")
+    if result.video:
+        print(f"turntable:   {result.video}")
     if result.skipped_steps:
         print(f"warning: {result.skipped_steps} steps had non-finite gradients and were skipped")
     return 0
@@ -86,6 +145,72 @@ def _config(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _no_extra(extra: list[str]) -> None:
+    if extra:
+        raise UserError(f"unrecognized arguments: {' '.join(extra)}")
+
+
+def _export(args: argparse.Namespace, extra: list[str]) -> int:
+    from dreamfusion.export import ExportOptions, export_mesh, validate_options
+    from dreamfusion.loading import find_checkpoint, load_run
+
+    _no_extra(extra)
+    level = None if args.level == "auto" else _float(args.level, "--level must be 'auto' or a number")
+    fmt = args.format or (args.out.suffix.lstrip(".") if args.out and args.out.suffix else "glb")
+    out = args.out or (find_checkpoint(args.run).parent.parent / f"mesh.{fmt}")
+    options = ExportOptions(args.resolution, level, args.texture_size, args.faces, args.keep_fraction)
+    validate_options(options)  # before the (slower) load
+    run = load_run(args.run, _device(args.device))
+    r = export_mesh(run.field, out, options, fmt=fmt)
+    texture = f"{r.texture_size[0]}x{r.texture_size[1]} texture" if r.texture_size else "vertex colors"
+    print(f"mesh:        {r.path} ({r.faces} faces, {r.vertices} vertices, {texture})")
+    print(f"level:       {r.level.value:.4g} ({r.level.rule}), {r.floaters_removed} floaters removed")
+    print(f"time:        {r.seconds:.1f} s")
+    return 0
+
+
+def _render(args: argparse.Namespace, extra: list[str]) -> int:
+    from dreamfusion.export import check_output
+    from dreamfusion.loading import find_checkpoint, load_run
+    from dreamfusion.turntable import VIDEO_SUFFIXES, TurntableOptions, parse_light, validate, write_turntable
+
+    _no_extra(extra)
+    options = TurntableOptions(frames=args.frames, size=args.size, mode=args.mode, elevation=args.elevation,
+                               distance=args.distance, light=parse_light(args.light), fps=args.fps)
+    validate(options)
+    video = args.video or (find_checkpoint(args.run).parent.parent / f"turntable_{args.mode}.mp4")
+    check_output(video, VIDEO_SUFFIXES)
+    run = load_run(args.run, _device(args.device))
+    path = write_turntable(run.field, run.background, run.config, video, options)
+    print(f"turntable:   {path} ({options.frames} frames, {options.size}x{options.size}, {options.mode})")
+    return 0
+
+
+def _view(args: argparse.Namespace, extra: list[str]) -> int:
+    from dreamfusion.viewer import serve_run
+
+    _no_extra(extra)
+    serve_run(args.run, host=args.host, port=args.port, mesh=args.mesh, resolution=args.resolution,
+              device=_device(args.device))
+    return 0
+
+
+def _float(text: str, message: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"{message} (got '{text}')") from None
+
+
+def _device(name: str):
+    from dreamfusion.trainer import resolve_device
+
+    return resolve_device(name)
+
+
+COMMANDS = {"export": _export, "render": _render, "view": _view}
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
@@ -99,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "config":
             return _config(args, extra)
+        if args.command in COMMANDS:
+            return COMMANDS[args.command](args, extra)
         return _generate(args, extra)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

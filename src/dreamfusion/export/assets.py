@@ -1,0 +1,78 @@
+"""What `generate` leaves beside the checkpoints: RUN/mesh.glb and RUN/turntable.mp4.
+
+On CUDA they are full size (256-grid mesh, 50k faces, 1024 texture; 120 frames of 256 px).
+On the CPU, where one field query with normals costs microseconds, they are sized from the
+training resolution R and kept to seconds: a 2R grid (32-128), 10k faces, a 512 texture, and
+24 frames of 2R px (32-128). `dreamfusion export` / `render` redo either at any size.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from dreamfusion.config import Config
+from dreamfusion.errors import UserError
+from dreamfusion.export import ExportOptions, export_mesh
+from dreamfusion.fields.base import Background, Field
+from dreamfusion.turntable import TurntableOptions, write_turntable
+
+log = logging.getLogger(__name__)
+
+MESH_NAME = "mesh.glb"
+VIDEO_NAME = "turntable.mp4"
+
+
+def _clamp(value: int, low: int, high: int) -> int:
+    return max(low, min(high, value))
+
+
+def asset_options(config: Config) -> tuple[ExportOptions, TurntableOptions]:
+    """Export and turntable settings for the run's device and training resolution."""
+    if config.train.device.startswith("cuda"):
+        return ExportOptions(), TurntableOptions(frames=120, size=256, mode="color")
+    side = _clamp(2 * config.camera.resolution, 32, 128) // 2 * 2  # even: H.264 needs it
+    export = ExportOptions(resolution=side, texture_size=512, max_faces=10_000)
+    return export, TurntableOptions(frames=24, size=side, mode="color")
+
+
+@dataclass
+class Assets:
+    mesh: Path | None
+    video: Path | None
+
+
+def write_assets(
+    run_dir: Path, field: Field, background: Background, config: Config, mesh: bool = True, video: bool = True
+) -> Assets:
+    """Export the mesh and the turntable into `run_dir`; a failure is logged, never raised.
+
+    Training has already succeeded and its checkpoint is saved, so an asset that cannot be made
+    (an empty field, say) must not turn the run into an error: `dreamfusion export` and
+    `dreamfusion render` can redo either with other settings.
+    """
+    export_options, turntable_options = asset_options(config)
+    out = Assets(None, None)
+    was_training = getattr(field, "training", False)
+    if hasattr(field, "eval"):
+        field.eval()
+    try:
+        if mesh:
+            try:
+                out.mesh = export_mesh(field, run_dir / MESH_NAME, export_options).path
+            except UserError as e:
+                log.warning(
+                    "no mesh written: %s (retry with `dreamfusion export %s --level ...`)", e, run_dir
+                )
+        if video:
+            try:
+                out.video = write_turntable(
+                    field, background, config, run_dir / VIDEO_NAME, turntable_options
+                )
+            except UserError as e:
+                log.warning("no turntable written: %s", e)
+    finally:
+        if was_training:
+            field.train()
+    return out
