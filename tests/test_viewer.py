@@ -1,5 +1,7 @@
 """The web viewer: camera conversion, field renders, and `dreamfusion view` seen by headless Chromium."""
 
+import base64
+import json
 import math
 import os
 import shutil
@@ -89,41 +91,84 @@ def run(tmp_path_factory):
 
 
 def _artifact_dir(tmp_path: Path) -> Path:
-    """Where the screenshot is kept: $DREAMFUSION_TEST_ARTIFACTS if set, else the test's tmp folder."""
+    """Where screenshots are kept: $DREAMFUSION_TEST_ARTIFACTS if set, else the test's tmp folder."""
     folder = Path(os.environ.get("DREAMFUSION_TEST_ARTIFACTS", tmp_path))
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
-def _wait_for_url(proc: subprocess.Popen, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    lines = []
+class _Chromium:
+    """Headless Debian chromium driven over the DevTools protocol, so the test waits in real time
+    (a --virtual-time-budget screenshot can fire before the websocket has delivered the scene)."""
+
+    FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--use-gl=swiftshader", "--enable-unsafe-swiftshader", "--window-size=800,600",
+             "--remote-debugging-port=0"]  # fmt: skip
+
+    def __init__(self):
+        from websockets.sync.client import connect
+
+        self.profile = tempfile.mkdtemp(prefix="chromium-")
+        self.proc = subprocess.Popen(
+            [CHROMIUM, *self.FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        active = Path(self.profile) / "DevToolsActivePort"  # chromium writes its port and path here
+        deadline = time.monotonic() + 60
+        while not (active.is_file() and len(active.read_text().split()) == 2):
+            assert time.monotonic() < deadline and self.proc.poll() is None, "chromium did not start"
+            time.sleep(0.2)
+        port, path = active.read_text().split()
+        self.ws = connect(f"ws://127.0.0.1:{port}{path}", max_size=None, open_timeout=30)
+        self.next_id = 0
+        self.session = None
+
+    def call(self, method: str, **params):
+        self.next_id += 1
+        message = {"id": self.next_id, "method": method, "params": params}
+        if self.session:
+            message["sessionId"] = self.session
+        self.ws.send(json.dumps(message))
+        while True:  # skip events until our answer
+            reply = json.loads(self.ws.recv(timeout=60))
+            if reply.get("id") == self.next_id:
+                assert "error" not in reply, reply
+                return reply["result"]
+
+    def open(self, url: str) -> None:
+        target = self.call("Target.createTarget", url=url)["targetId"]
+        self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+
+    def screenshot(self, path: Path) -> np.ndarray:
+        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
+        return np.asarray(Image.open(path).convert("RGB")).astype(int)
+
+    def close(self) -> None:
+        self.ws.close()
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+def _start_viewer(run: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dreamfusion.cli", "view", str(run), "--port", str(port), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline, lines = time.monotonic() + 120, []
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                break
-            continue
+        if not line and proc.poll() is not None:
+            break
         lines.append(line)
         if line.startswith("viewer: http"):
-            return line.split(" ", 1)[1].strip()
+            url = line.split(" ", 1)[1].strip()
+            assert url == f"http://localhost:{port}"
+            return proc, url
+    proc.kill()
     raise AssertionError(f"the viewer did not start; its output:\n{''.join(lines)}")
-
-
-def _screenshot(url: str, path: Path) -> np.ndarray:
-    """Headless Chromium with software WebGL (SwiftShader): the page after 15 s of virtual time."""
-    profile = tempfile.mkdtemp(prefix="chromium-")
-    try:
-        subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--use-gl=swiftshader", "--enable-unsafe-swiftshader",
-             "--window-size=800,600", "--virtual-time-budget=15000", f"--screenshot={path}", url],
-            capture_output=True, timeout=120, check=True,
-        )  # fmt: skip
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
-    return np.asarray(Image.open(path).convert("RGB")).astype(int)
 
 
 def _object_fraction(image: np.ndarray) -> float:
@@ -140,26 +185,47 @@ def _object_fraction(image: np.ndarray) -> float:
     return float((np.abs(region - background).max(-1) > 12).mean())
 
 
-def test_view_command_draws_the_object_in_headless_chromium(run, tmp_path):
+def _wait_for_object(browser: _Chromium, shot: Path, timeout: float = 60.0) -> float:
+    """Screenshot every second until the object covers 30% of the central region (or time is up)."""
+    deadline, fraction = time.monotonic() + timeout, 0.0
+    while time.monotonic() < deadline:
+        fraction = _object_fraction(browser.screenshot(shot))
+        if fraction > 0.3:
+            break
+        time.sleep(1.0)
+    print(f"viewer screenshot: {shot} (object covers {fraction:.0%} of the central region)")
+    return fraction
+
+
+@pytest.mark.parametrize("show", ["mesh", "field"])
+def test_view_command_draws_the_object_in_headless_chromium(run, tmp_path, show):
+    """`dreamfusion view RUN` after `dreamfusion export RUN`: the browser draws the mesh (WebGL),
+    or shows the field rendered by the server from the browser's camera."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
-    assert main(["export", str(run), "--resolution", "32", "--texture-size", "64"]) == 0
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dreamfusion.cli", "view", str(run), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    if not (run / "mesh.glb").exists():
+        assert main(["export", str(run), "--resolution", "32", "--texture-size", "64"]) == 0
+    viewer, url = _start_viewer(run, "--show", show)
+    browser = None
     try:
-        url = _wait_for_url(proc, timeout=90)
-        assert url == f"http://localhost:{port}"
-        shot = _artifact_dir(tmp_path) / "viewer_screenshot.png"
-        fraction = 0.0
-        for _ in range(3):  # the page may still be loading the mesh on a busy machine
-            fraction = _object_fraction(_screenshot(url, shot))
-            if fraction > 0.3:
-                break
-        print(f"viewer screenshot: {shot} (object covers {fraction:.0%} of the central region)")
-        assert fraction > 0.3, f"no object drawn in {shot}"
+        browser = _Chromium()
+        browser.open(url)
+        shot = _artifact_dir(tmp_path) / f"viewer_{show}.png"
+        assert _wait_for_object(browser, shot) > 0.3, f"no object drawn in {shot}"
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        if browser is not None:
+            browser.close()
+        viewer.terminate()
+        viewer.wait(timeout=30)
+
+
+def test_view_bad_input_gets_one_line(run, tmp_path, capsys):
+    for argv, message in [
+        (["view", str(run), "--show", "wireframe"], "--show must be mesh or field"),
+        (["view", str(run), "--port", "70000"], "--port must be between"),
+        (["view", str(run), "--mesh", str(tmp_path / "nope.glb")], "does not exist"),
+        (["view", str(tmp_path)], "no checkpoint in"),
+    ]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err

@@ -97,6 +97,7 @@ def _asset_parsers(sub) -> None:
     view.add_argument("--host", default="127.0.0.1", help="interface; 0.0.0.0 for all (default: local)")
     view.add_argument("--mesh", type=Path, default=None, help="mesh (default: RUN/mesh.glb, else extracted)")
     view.add_argument("--resolution", type=int, default=128, help="grid of a mesh extracted on the fly")
+    view.add_argument("--show", default="mesh", help="what the page shows first: mesh | field (default mesh)")
     view.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
 
 
@@ -191,7 +192,7 @@ def _view(args: argparse.Namespace, extra: list[str]) -> int:
 
     _no_extra(extra)
     serve_run(args.run, host=args.host, port=args.port, mesh=args.mesh, resolution=args.resolution,
-              device=_device(args.device))
+              device=_device(args.device), show=args.show)
     return 0
 
 

@@ -100,6 +100,7 @@ class Viewer:
         refresh_seconds: float = 0.0,
         title: str = "dreamfusion",
         live: bool = False,
+        show: str = "mesh",
     ):
         """live=True: the field is being trained in another thread; each render works on a
         snapshot of it, refreshed every second (unless `refresh_seconds` says otherwise)."""
@@ -126,7 +127,7 @@ class Viewer:
         gui = self.server.gui
         gui.add_markdown(f"**{title}**")
         choices = ("mesh", "field") if mesh is not None else ("field",)
-        self.show = gui.add_dropdown("show", choices, initial_value=choices[0])
+        self.show = gui.add_dropdown("show", choices, initial_value=show if show in choices else choices[0])
         self.mode = gui.add_dropdown("field mode", MODES, initial_value="color")
         self.height = gui.add_slider("field pixels", 32, 512, 16, render_height)
         self.light_azimuth = gui.add_slider("light azimuth", -180.0, 180.0, 5.0, 30.0)
@@ -134,6 +135,7 @@ class Viewer:
         self.mesh_handle = self.server.scene.add_mesh_trimesh("/mesh", mesh) if mesh is not None else None
 
         self._dirty = threading.Event()
+        self._ready: set[int] = set()  # clients whose camera is known
         self._stop = threading.Event()
         for handle in (self.show, self.mode, self.height, self.light_azimuth, self.light_elevation):
             handle.on_update(lambda _: self._dirty.set())
@@ -146,8 +148,12 @@ class Viewer:
         return self.server.get_port()
 
     def _on_connect(self, client) -> None:
-        client.camera.on_update(lambda _: self._dirty.set())
-        self._dirty.set()
+        # Until the browser reports its camera, viser holds a placeholder pose: render only after.
+        def camera_moved(_) -> None:
+            self._ready.add(client.client_id)
+            self._dirty.set()
+
+        client.camera.on_update(camera_moved)
 
     def render_client(self, client) -> None:
         """Render the field from one client's camera and send it as that client's background."""
@@ -194,7 +200,9 @@ class Viewer:
             last = time.monotonic()
             if self.mesh_handle is not None:
                 self.mesh_handle.visible = self.show.value == "mesh"
-            for client in list(self.server.get_clients().values()):
+            for client_id, client in list(self.server.get_clients().items()):
+                if client_id not in self._ready:
+                    continue
                 try:
                     self.render_client(client)
                 except Exception as e:  # a render error must not kill the viewer; show it instead
@@ -222,6 +230,7 @@ def serve_run(
     mesh: Path | None = None,
     resolution: int = 128,
     device: str | torch.device = "cpu",
+    show: str = "mesh",
     block: bool = True,
 ) -> Viewer:
     """`dreamfusion view RUN`: load the run, find or extract its mesh, serve until Ctrl-C."""
@@ -229,6 +238,8 @@ def serve_run(
     from dreamfusion.export.texture import vertex_colored
     from dreamfusion.loading import load_run
 
+    if show not in ("mesh", "field"):
+        raise UserError(f"--show must be mesh or field (got '{show}')")
     if not 1 <= port <= 65535:
         raise UserError(f"--port must be between 1 and 65535 (got {port})")
     if mesh is not None and not Path(mesh).is_file():
@@ -239,13 +250,17 @@ def serve_run(
     mesh = mesh or (run.run_dir / "mesh.glb" if (run.run_dir / "mesh.glb").is_file() else None)
     if mesh is not None:
         shown = load_mesh_z_up(Path(mesh))
+    elif show == "field":
+        shown = None  # no mesh on disk and the field asked for: no time spent extracting one
     else:
         try:
             shown = vertex_colored(run.field, build_mesh(run.field, options)[0])
         except UserError as e:
             print(f"viewer: no mesh ({e}); showing the field only", flush=True)
             shown = None
-    viewer = Viewer(run.field, run.background, run.config, shown, host=host, port=port, title=run.prompt)
+    viewer = Viewer(
+        run.field, run.background, run.config, shown, host=host, port=port, title=run.prompt, show=show
+    )
     print(
         f"viewer: http://{'localhost' if host in ('0.0.0.0', '127.0.0.1') else host}:{viewer.port}",
         flush=True,

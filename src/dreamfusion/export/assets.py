@@ -2,8 +2,8 @@
 
 On CUDA they are full size (256-grid mesh, 50k faces, 1024 texture; 120 frames of 256 px).
 On the CPU, where one field query with normals costs microseconds, they are sized from the
-training resolution R and kept to seconds: a 2R grid (32-128), 10k faces, a 512 texture, and
-24 frames of 2R px (32-128). `dreamfusion export` / `render` redo either at any size.
+training resolution R and kept to seconds: a 2R grid (32-128), 10k faces, a 16R texture
+(128-512), and 24 frames of 2R px (32-128). `dreamfusion export` / `render` redo either at any size.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def asset_options(config: Config) -> tuple[ExportOptions, TurntableOptions]:
     if config.train.device.startswith("cuda"):
         return ExportOptions(), TurntableOptions(frames=120, size=256, mode="color")
     side = _clamp(2 * config.camera.resolution, 32, 128) // 2 * 2  # even: H.264 needs it
-    export = ExportOptions(resolution=side, texture_size=512, max_faces=10_000)
+    texture = _clamp(16 * config.camera.resolution, 128, 512)
+    export = ExportOptions(resolution=side, texture_size=texture, max_faces=10_000)
     return export, TurntableOptions(frames=24, size=side, mode="color")
 
 
