@@ -120,3 +120,33 @@ def test_same_seed_same_result(tmp_path):
     sa, sb, sc = a.field.state_dict(), b.field.state_dict(), c.field.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert any(not torch.equal(sa[k], sc[k]) for k in sa)
+
+
+class _Quadratic:
+    """A deterministic stand-in for a prior: pulls every pixel toward 0.3."""
+
+    def embed(self, prompts):
+        return None
+
+    def sds_loss(self, images, embeddings, prompt_index, cameras, generator, progress):
+        loss = ((images - 0.3) ** 2).mean(dim=(1, 2, 3)).mean()
+        return SDSOutput(loss=loss, timesteps=torch.zeros(len(images)), grad_norm=loss.detach())
+
+
+def test_micro_batches_give_the_whole_batch_gradient(tmp_path):
+    grads = []
+    for micro in (0, 1, 2):
+        cfg = tiny_config(steps=1, batch_size=4, micro_batch=micro)
+        cfg = dataclasses.replace(
+            cfg,
+            render=dataclasses.replace(cfg.render, stratified=False),
+            shading=dataclasses.replace(cfg.shading, albedo_warmup_steps=0),
+        )
+        trainer = Trainer("a red sphere", cfg, tmp_path / f"run{micro}", _Quadratic())
+        trainer.optimizer.step = lambda: None  # keep the gradients of the step for comparison
+        trainer.train_step()
+        grads.append([p.grad.clone() for p in trainer._params() if p.grad is not None])
+    for other in grads[1:]:
+        assert len(other) == len(grads[0])
+        for a, b in zip(grads[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)

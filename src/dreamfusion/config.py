@@ -259,6 +259,8 @@ class TrainConfig:
     """Optimizer steps."""
     batch_size: int = 1
     """Views rendered per step."""
+    micro_batch: int = 0
+    """Views rendered and back-propagated at once (0: the whole batch); bounds memory, same gradient."""
     seed: int = 0
     """Seed of every random draw of the run."""
     device: str = "cpu"

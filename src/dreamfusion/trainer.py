@@ -131,54 +131,57 @@ class Trainer:
     # ----------------------------------------------------------------------------------- one step
     def train_step(self) -> dict[str, Any]:
         cfg, timer = self.cfg, self.timer
-        with timer("render"):
-            cameras = sample_cameras(cfg.train.batch_size, cfg.camera, self.cpu_gen).to(self.device)
-            shading = choose_shading(self.step, cfg.shading, self.cpu_gen)
-            orientation_w = ramp(
-                self.step,
-                cfg.regularizers.orientation_weight_start,
-                cfg.regularizers.orientation_weight,
-                cfg.regularizers.orientation_ramp_steps,
-            )
-            need_normals = shading != "albedo" or orientation_w > 0
-            with self._autocast():
+        cameras = sample_cameras(cfg.train.batch_size, cfg.camera, self.cpu_gen).to(self.device)
+        shading = choose_shading(self.step, cfg.shading, self.cpu_gen)
+        prompt_index = view_index(cameras.elevation, cameras.azimuth).to(self.device)
+        orientation_w, opacity_w = self._regularizer_weights()
+        need_normals = shading != "albedo" or orientation_w > 0
+
+        # Views go through in micro-batches whose gradients add up to the whole batch's: the loss of
+        # each is an average over its views, so it is weighted by its share of the batch.
+        self.optimizer.zero_grad(set_to_none=True)
+        batch, micro = len(cameras), cfg.train.micro_batch or len(cameras)
+        sums = {"loss": 0.0, "sds": 0.0, "sds_grad": 0.0, "orientation": 0.0, "opacity": 0.0, "t": 0.0}
+        finite = True
+        for start in range(0, batch, micro):
+            part = cameras[start : start + micro]
+            share = len(part) / batch
+            with timer("render"), self._autocast():
                 out = render(
                     self.field,
                     self.background,
-                    cameras,
+                    part,
                     shading,
                     cfg.render,
                     cfg.shading,
                     generator=self.device_gen,
                     compute_normals=need_normals,
                 )
-        with timer("guidance"):
-            prompt_index = view_index(cameras.elevation, cameras.azimuth).to(self.device)
-            sds = self.guidance.sds_loss(
-                out.image.float(),
-                self.embeddings,
-                prompt_index,
-                cameras,
-                self.device_gen,
-                self.step / cfg.train.steps,
-            )
-        opacity_w = ramp(
-            self.step,
-            cfg.regularizers.opacity_weight_start,
-            cfg.regularizers.opacity_weight,
-            cfg.regularizers.opacity_ramp_steps,
-        )
-        loss = sds.loss + opacity_w * opacity_loss(out.alpha)
-        orient = torch.zeros((), device=self.device)
-        if out.sample_normals is not None and orientation_w > 0:
-            orient = orientation_loss(out.weights, out.sample_normals, out.directions)
-            loss = loss + orientation_w * orient
+            with timer("guidance"):
+                sds = self.guidance.sds_loss(
+                    out.image.float(),
+                    self.embeddings,
+                    prompt_index[start : start + micro],
+                    part,
+                    self.device_gen,
+                    self.step / cfg.train.steps,
+                )
+            loss = sds.loss + opacity_w * opacity_loss(out.alpha)
+            orient = torch.zeros((), device=self.device)
+            if out.sample_normals is not None and orientation_w > 0:
+                orient = orientation_loss(out.weights, out.sample_normals, out.directions)
+                loss = loss + orientation_w * orient
+            with timer("backward"):
+                (loss * share).backward()
+            finite = finite and bool(torch.isfinite(loss))
+            for key, value in (
+                ("loss", loss), ("sds", sds.loss), ("sds_grad", sds.grad_norm), ("orientation", orient),
+                ("opacity", out.alpha.mean()), ("t", sds.timesteps.float().mean()),
+            ):
+                sums[key] += share * float(value.detach())
 
-        with timer("backward"):
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
         with timer("optimizer"):
-            finite = bool(torch.isfinite(loss)) and self._grads_finite()
+            finite = finite and self._grads_finite()
             lr = set_lr(self.optimizer, lr_factor(self.step, cfg.train.steps, cfg.optim))
             if finite:
                 if cfg.optim.grad_clip_norm > 0:
@@ -190,18 +193,14 @@ class Trainer:
                 log.warning("step %d: non-finite loss or gradient; update skipped", self.step)
                 self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return {
-            "step": self.step,
-            "loss": float(loss.detach()),
-            "sds": float(sds.loss.detach()),
-            "sds_grad": float(sds.grad_norm),
-            "orientation": float(orient.detach()),
-            "opacity": float(out.alpha.detach().mean()),
-            "t": float(sds.timesteps.float().mean()),
-            "shading": shading,
-            "lr": lr,
-            "skipped": not finite,
-        }
+        return {"step": self.step, **sums, "shading": shading, "lr": lr, "skipped": not finite}
+
+    def _regularizer_weights(self) -> tuple[float, float]:
+        reg = self.cfg.regularizers
+        return (
+            ramp(self.step, reg.orientation_weight_start, reg.orientation_weight, reg.orientation_ramp_steps),
+            ramp(self.step, reg.opacity_weight_start, reg.opacity_weight, reg.opacity_ramp_steps),
+        )
 
     def _params(self) -> list[torch.nn.Parameter]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
