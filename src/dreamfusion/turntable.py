@@ -135,24 +135,26 @@ def visible_depth_range(depth: Tensor, alpha: Tensor) -> tuple[float, float]:
     return float(seen.min()), float(seen.max())
 
 
-def frames_from_render(
-    out: RenderOutput, mode: str, depth_range: tuple[float, float] | None = None
-) -> Tensor:
-    """Render outputs -> (B, H, W, 3) uint8 frames for one mode.
+def depth_frames(depth: Tensor, alpha: Tensor, depth_range: tuple[float, float] | None = None) -> Tensor:
+    """(B, 1, H, W) expected depth and opacity -> (B, H, W, 3) uint8: the nearest visible depth of
+    `depth_range` (by default these frames' own) white, the farthest dark grey, the background black."""
+    near, far = depth_range or visible_depth_range(depth, alpha)
+    mean = depth / alpha.clamp(min=1e-6)
+    closeness = 1.0 - 0.75 * ((mean - near) / max(far - near, 1e-6)).clamp(0.0, 1.0)
+    return _to_uint8((closeness * alpha).expand(-1, 3, -1, -1))
 
-    depth: the nearest visible depth is white, the farthest dark grey (of `depth_range`, by
-    default this render's own), the background black.
-    """
+
+def _to_uint8(rgb: Tensor) -> Tensor:  # (B, 3, H, W) in [0, 1] -> (B, H, W, 3) uint8
+    return (rgb.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def frames_from_render(out: RenderOutput, mode: str) -> Tensor:
+    """Render outputs -> (B, H, W, 3) uint8 frames for one mode."""
     if mode == "normal":
-        rgb = 0.5 * (out.normal + out.alpha) + (1.0 - out.alpha)  # sum w (n + 1) / 2 over white
-    elif mode == "depth":
-        near, far = depth_range or visible_depth_range(out.depth, out.alpha)
-        mean = out.depth / out.alpha.clamp(min=1e-6)
-        closeness = 1.0 - 0.75 * ((mean - near) / max(far - near, 1e-6)).clamp(0.0, 1.0)
-        rgb = (closeness * out.alpha).expand(-1, 3, -1, -1)
-    else:
-        rgb = out.image
-    return (rgb.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1)
+        return _to_uint8(0.5 * (out.normal + out.alpha) + (1.0 - out.alpha))  # sum w (n + 1) / 2 over white
+    if mode == "depth":
+        return depth_frames(out.depth, out.alpha)
+    return _to_uint8(out.image)
 
 
 def render_turntable(
@@ -164,32 +166,20 @@ def render_turntable(
     device = param.device if param is not None else torch.device("cpu")
     cameras = turntable_cameras(options).to(device)
     shading = SHADING_OF_MODE[options.mode]
-    outputs = []
+    frames, depths, alphas = [], [], []
     for start in range(0, options.frames, options.views_per_batch):
         batch = cameras[start : start + options.views_per_batch]
         out = render_views(
             field, background, batch, shading, config.render, config.shading, chunk_rays=options.chunk_rays
         )
         if options.mode == "depth":  # normalized over the whole orbit below, so it does not flicker
-            outputs.append(
-                RenderOutput(
-                    out.image.cpu(),
-                    out.alpha.cpu(),
-                    out.depth.cpu(),
-                    out.normal.cpu(),
-                    out.weights,
-                    None,
-                    out.directions[:0],
-                )
-            )
+            depths.append(out.depth.cpu())
+            alphas.append(out.alpha.cpu())
         else:
-            outputs.append(frames_from_render(out, options.mode).cpu())
+            frames.append(frames_from_render(out, options.mode).cpu())
     if options.mode == "depth":
-        depth = torch.cat([o.depth for o in outputs])
-        alpha = torch.cat([o.alpha for o in outputs])
-        span = visible_depth_range(depth, alpha)
-        outputs = [frames_from_render(o, "depth", span) for o in outputs]
-    return torch.cat(outputs).numpy()
+        frames = [depth_frames(torch.cat(depths), torch.cat(alphas))]
+    return torch.cat(frames).numpy()
 
 
 def write_video(frames: np.ndarray, path: Path, fps: int = 30) -> Path:

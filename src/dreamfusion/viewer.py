@@ -258,9 +258,12 @@ def serve_run(
         except UserError as e:
             print(f"viewer: no mesh ({e}); showing the field only", flush=True)
             shown = None
+    # A first field render that takes seconds on the CPU is a poor welcome: start small there.
+    height = 192 if torch.device(device).type == "cuda" else 96
     viewer = Viewer(
-        run.field, run.background, run.config, shown, host=host, port=port, title=run.prompt, show=show
-    )
+        run.field, run.background, run.config, shown, host=host, port=port, render_height=height,
+        title=run.prompt, show=show,
+    )  # fmt: skip
     print(
         f"viewer: http://{'localhost' if host in ('0.0.0.0', '127.0.0.1') else host}:{viewer.port}",
         flush=True,
