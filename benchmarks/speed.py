@@ -31,7 +31,11 @@ def bench(preset: str, steps: int, warmup: int, device: str, guidance: str | Non
         cfg,
         shading=dataclasses.replace(cfg.shading, albedo_warmup_steps=0),
         train=dataclasses.replace(
-            cfg.train, steps=warmup + steps, progress=False, preview_every=0, checkpoint_every=10**9,
+            cfg.train,
+            steps=warmup + steps,
+            progress=False,
+            preview_every=0,
+            checkpoint_every=10**9,
             profile=True,
         ),
     )
@@ -67,15 +71,21 @@ def bench(preset: str, steps: int, warmup: int, device: str, guidance: str | Non
 
 
 def machine() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_threads": torch.get_num_threads()}
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--presets", nargs="+", default=["cpu", "default"])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
@@ -90,11 +100,16 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=2))
 
     print(f"machine: {report['machine']}")
-    print(f"{'preset':8s} {'device':6s} {'res':>4s} {'spp':>4s} {'s/it':>8s}  " + "  ".join(f"{p:>9s}" for p in PHASES))
+    print(
+        f"{'preset':8s} {'device':6s} {'res':>4s} {'spp':>4s} {'s/it':>8s}  "
+        + "  ".join(f"{p:>9s}" for p in PHASES)
+    )
     for r in rows:
         shares = "  ".join(f"{100 * r['phases_share'][p]:8.1f}%" for p in PHASES)
-        print(f"{r['preset']:8s} {r['device']:6s} {r['resolution']:4d} {r['samples_per_ray']:4d} "
-              f"{r['seconds_per_iteration']:8.3f}  {shares}")
+        print(
+            f"{r['preset']:8s} {r['device']:6s} {r['resolution']:4d} {r['samples_per_ray']:4d} "
+            f"{r['seconds_per_iteration']:8.3f}  {shares}"
+        )
     print(f"wrote {args.out}")
 
 

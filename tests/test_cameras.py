@@ -5,7 +5,7 @@ import torch
 
 from dreamfusion.cameras import orbit_cameras, sample_cameras
 from dreamfusion.config import CameraConfig
-from dreamfusion.prompts import VIEWS, view_index, view_prompts
+from dreamfusion.prompts import ALL_VIEWS, VIEWS, view_index, view_prompts
 
 
 def _sample(n=4000, **kw):
@@ -37,7 +37,9 @@ def test_positions_match_spherical_coordinates_and_look_at_the_origin():
     torch.testing.assert_close(rot.transpose(1, 2) @ rot, torch.eye(3).expand_as(rot), atol=1e-5, rtol=0)
     assert torch.allclose(torch.linalg.det(rot), torch.ones(256), atol=1e-5)
     forward = -rot[:, :, 2]
-    torch.testing.assert_close(forward, -torch.nn.functional.normalize(cams.position, dim=-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        forward, -torch.nn.functional.normalize(cams.position, dim=-1), atol=1e-5, rtol=0
+    )
     # Image up points toward +z for every camera that is not straight overhead.
     low = cams.elevation < 80
     assert (rot[low, 2, 1] > 0).all()
@@ -114,6 +116,13 @@ def test_front_camera_sits_on_plus_x():
 def test_view_rule(elevation, azimuth, view):
     index = view_index(torch.tensor([elevation]), torch.tensor([azimuth]))
     assert VIEWS[int(index)] == view
+
+
+def test_bottom_view_only_when_asked():
+    el, az = torch.tensor([-30.0, -30.0, -10.0]), torch.tensor([0.0, 180.0, 0.0])
+    assert [ALL_VIEWS[i] for i in view_index(el, az)] == ["front", "back", "front"]
+    assert [ALL_VIEWS[i] for i in view_index(el, az, bottom_below=-20.0)] == ["bottom", "bottom", "front"]
+    assert view_prompts("a cube", bottom=True)[-1] == "a cube, bottom view"
 
 
 def test_view_prompts_append_the_suffix():

@@ -18,7 +18,9 @@ from dreamfusion.checkpoint import (
 
 def test_round_trip_keeps_tensors_and_metadata(tmp_path):
     tensors = {"field.w": torch.randn(3, 4), "rng.cpu": torch.Generator().manual_seed(1).get_state()}
-    path = save_checkpoint(checkpoint_path(tmp_path, 12), 12, "a mug", {"train": {"steps": 3}}, tensors, {"x": 1})
+    path = save_checkpoint(
+        checkpoint_path(tmp_path, 12), 12, "a mug", {"train": {"steps": 3}}, tensors, {"x": 1}
+    )
     ckpt = load_checkpoint(path)
     assert ckpt.step == 12 and ckpt.prompt == "a mug" and ckpt.config == {"train": {"steps": 3}}
     assert ckpt.meta == {"x": 1}
@@ -34,13 +36,15 @@ def test_optimizer_state_round_trips():
     opt.step()
     tensors, rest = flatten_optimizer(opt.state_dict())
     assert set(tensors) == {"optim.0.step", "optim.0.exp_avg", "optim.0.exp_avg_sq"}
-    state = unflatten_optimizer({k[len("optim."):]: v for k, v in tensors.items()}, rest)
+    state = unflatten_optimizer({k[len("optim.") :]: v for k, v in tensors.items()}, rest)
     opt2 = torch.optim.Adam([torch.nn.Parameter(p.detach().clone())], lr=0.1)
     opt2.load_state_dict(state)
     assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"\x08\x00\x00\x00\x00\x00\x00\x00{bad json"])
+@pytest.mark.parametrize(
+    "content", [b"", b"not a checkpoint at all", b"\x08\x00\x00\x00\x00\x00\x00\x00{bad json"]
+)
 def test_corrupt_file_raises_a_checkpoint_error(tmp_path, content):
     path = tmp_path / "step_0000001.safetensors"
     path.write_bytes(content)
@@ -75,4 +79,7 @@ def test_prune_keeps_the_newest(tmp_path):
     for step in (1, 2, 3):
         save_checkpoint(checkpoint_path(tmp_path, step), step, "p", {}, {"a": torch.zeros(1)})
     prune_checkpoints(tmp_path, keep=2)
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000002.safetensors", "step_0000003.safetensors"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == [
+        "step_0000002.safetensors",
+        "step_0000003.safetensors",
+    ]

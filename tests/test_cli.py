@@ -10,8 +10,17 @@ import torch
 
 from dreamfusion.cli import main
 
-FAST = ["--preset", "smoke", "--quiet", "--camera.resolution", "12", "--render.samples-per-ray", "12",
-        "--train.preview-resolution", "16"]
+FAST = [
+    "--preset",
+    "smoke",
+    "--quiet",
+    "--camera.resolution",
+    "12",
+    "--render.samples-per-ray",
+    "12",
+    "--train.preview-resolution",
+    "16",
+]
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
@@ -28,8 +37,21 @@ def _error_line(capsys) -> str:
 def test_generate_smoke_end_to_end_through_the_installed_command(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "dreamfusion.cli", "generate", "a sphere", "--preset", "smoke", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        [
+            sys.executable,
+            "-m",
+            "dreamfusion.cli",
+            "generate",
+            "a sphere",
+            "--preset",
+            "smoke",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     assert proc.returncode == 0, proc.stderr
     assert f"run folder:  {out}" in proc.stdout
@@ -47,7 +69,10 @@ def test_generate_smoke_end_to_end_through_the_installed_command(tmp_path):
         (["generate", "a mug", "--guidance", "imagen9"], "unknown guidance 'imagen9'"),
         (["generate", "a mug", "--steps", "0"], "--steps must be positive"),
         (["generate", "a mug", "--steps", "-5"], "--steps must be positive"),
-        (["generate", "a mug", "--preset", "smoke", "--camera.resolution", "0"], "resolution must be positive"),
+        (
+            ["generate", "a mug", "--preset", "smoke", "--camera.resolution", "0"],
+            "resolution must be positive",
+        ),
         (["generate", "a mug", "--preset", "smoke", "--render.samples-per-ray", "-1"], "samples per ray"),
         (["generate", "a", "ceramic", "mug"], "in quotes"),
     ],
@@ -106,8 +131,23 @@ def test_resume_with_mismatched_settings(tmp_path, capsys):
     assert main(["generate", "a red sphere", *FAST, "--steps", "2", "--out", str(out)]) == 0
     capsys.readouterr()
     before = _tree(out)
-    assert main(["generate", "a red sphere", *FAST, "--steps", "2", "--out", str(out), "--resume",
-                 "--field.kind", "mlp"]) != 0
+    assert (
+        main(
+            [
+                "generate",
+                "a red sphere",
+                *FAST,
+                "--steps",
+                "2",
+                "--out",
+                str(out),
+                "--resume",
+                "--field.kind",
+                "mlp",
+            ]
+        )
+        != 0
+    )
     assert "field.kind" in _error_line(capsys)
     assert main(["generate", "a blue sphere", *FAST, "--steps", "2", "--out", str(out), "--resume"]) != 0
     assert "prompt" in _error_line(capsys)
@@ -118,7 +158,10 @@ def test_resume_with_a_checkpoint_of_another_model(tmp_path, capsys):
     """A checkpoint whose tensors do not fit the model (e.g. copied from another run)."""
     a, b = tmp_path / "a", tmp_path / "b"
     assert main(["generate", "a red sphere", *FAST, "--steps", "2", "--out", str(a)]) == 0
-    assert main(["generate", "a red sphere", *FAST, "--steps", "2", "--out", str(b), "--field.hash-levels", "2"]) == 0
+    assert (
+        main(["generate", "a red sphere", *FAST, "--steps", "2", "--out", str(b), "--field.hash-levels", "2"])
+        == 0
+    )
     capsys.readouterr()
     foreign = next((b / "checkpoints").glob("step_*.safetensors"))
     target = next((a / "checkpoints").glob("step_*.safetensors"))

@@ -20,7 +20,9 @@ def test_short_cpu_run_pulls_the_field_toward_the_target_sphere(tmp_path):
         # A small initial blob (radius 0.2) so the field must grow to the target's radius of 0.45.
         field=dataclasses.replace(cfg.field, blob_radius=0.2, blob_density=10.0),
         optim=dataclasses.replace(cfg.optim, lr=2e-2),
-        train=dataclasses.replace(cfg.train, steps=250, progress=False, preview_every=0, checkpoint_every=10**6),
+        train=dataclasses.replace(
+            cfg.train, steps=250, progress=False, preview_every=0, checkpoint_every=10**6
+        ),
     )
     guidance = GUIDANCE_BACKENDS["closed-form"](cfg, torch.device("cpu"))
     trainer = Trainer("a red sphere", cfg, tmp_path / "run", guidance)
@@ -40,7 +42,9 @@ def test_short_cpu_run_pulls_the_field_toward_the_target_sphere(tmp_path):
     for _ in range(cfg.train.steps):
         trainer.train_step()
     color_after, silhouette_after = error()
-    print(f"color error {color_before:.3f} -> {color_after:.3f}, silhouette {silhouette_before:.3f} -> {silhouette_after:.3f}")
+    print(
+        f"color error {color_before:.3f} -> {color_after:.3f}, silhouette {silhouette_before:.3f} -> {silhouette_after:.3f}"
+    )
 
     # Measured on the 2-core CPU: color error 0.314 -> 0.033, silhouette mismatch 0.473 -> 0.006.
     assert color_after < color_before / 5, (color_before, color_after)

@@ -37,7 +37,11 @@ def test_run_folder_holds_config_checkpoint_previews_metrics(tmp_path):
         "step_0000006.safetensors",
     ]
     assert result.checkpoint == run / "checkpoints" / "step_0000006.safetensors"
-    assert {p.name for p in (run / "previews").iterdir()} == {"step_0000003.png", "step_0000006.png", "final.png"}
+    assert {p.name for p in (run / "previews").iterdir()} == {
+        "step_0000003.png",
+        "step_0000006.png",
+        "final.png",
+    }
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [2, 4, 6]
     assert all(set(m["timings"]) >= {"render", "guidance", "backward", "optimizer"} for m in lines)
@@ -115,8 +119,11 @@ def test_same_seed_same_result(tmp_path):
     cfg = tiny_config(steps=3)
     a = generate("a red sphere", out=tmp_path / "a", config=cfg)
     b = generate("a red sphere", out=tmp_path / "b", config=cfg)
-    c = generate("a red sphere", out=tmp_path / "c", config=dataclasses.replace(
-        cfg, train=dataclasses.replace(cfg.train, seed=1)))
+    c = generate(
+        "a red sphere",
+        out=tmp_path / "c",
+        config=dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=1)),
+    )
     sa, sb, sc = a.field.state_dict(), b.field.state_dict(), c.field.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert any(not torch.equal(sa[k], sc[k]) for k in sa)

@@ -36,6 +36,8 @@ class CameraConfig:
     """Distance of the point light from the origin."""
     light_jitter: float = 1.0
     """Standard deviation of the noise added to the camera direction to place the light."""
+    bottom_view_below: float | None = None
+    """Cameras below this elevation get the prompt suffix ", bottom view" (None: never, as in the paper)."""
 
 
 @dataclass

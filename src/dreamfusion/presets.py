@@ -52,7 +52,9 @@ def paper() -> Config:
             opacity_weight=1e-3,
             opacity_weight_start=1e-3,
         ),
-        sds=SDSConfig(t_range=(0.02, 0.98), guidance_scale=100.0, cfg_formulation="uncond", weighting="sigma2"),
+        sds=SDSConfig(
+            t_range=(0.02, 0.98), guidance_scale=100.0, cfg_formulation="uncond", weighting="sigma2"
+        ),
         optim=OptimConfig(
             optimizer="adam",
             lr=1e-4,
@@ -64,7 +66,9 @@ def paper() -> Config:
             final_lr=1e-6,
         ),
         # One view per pass, as one view per TPU chip in the paper: four at once do not fit 80 GB.
-        train=TrainConfig(steps=15000, batch_size=4, micro_batch=1, checkpoint_every=1000, preview_every=1000),
+        train=TrainConfig(
+            steps=15000, batch_size=4, micro_batch=1, checkpoint_every=1000, preview_every=1000
+        ),
     )
 
 

@@ -1,9 +1,9 @@
 """The run folder: resolved config, checkpoints, previews and the metrics log.
 
-    RUN/config.json             prompt + resolved config (written once, atomically)
-    RUN/checkpoints/step_*.safetensors
-    RUN/previews/step_*.png     orbit renders (albedo row, lit row)
-    RUN/metrics.jsonl           one JSON object per logged step
+RUN/config.json             prompt + resolved config (written once, atomically)
+RUN/checkpoints/step_*.safetensors
+RUN/previews/step_*.png     orbit renders (albedo row, lit row)
+RUN/metrics.jsonl           one JSON object per logged step
 """
 
 from __future__ import annotations

@@ -70,7 +70,9 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError:
         raise UserError(f"unknown device '{name}'; use cpu or cuda") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("CUDA was asked for (--device cuda) but this machine has no usable GPU; use --device cpu")
+        raise UserError(
+            "CUDA was asked for (--device cuda) but this machine has no usable GPU; use --device cpu"
+        )
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"device '{name}' is not supported; use cpu or cuda")
     return device
@@ -82,9 +84,15 @@ def validate_config(cfg: Config) -> None:
         (cfg.train.steps > 0, f"--steps must be positive (got {cfg.train.steps})"),
         (cfg.train.batch_size > 0, f"batch size must be positive (got {cfg.train.batch_size})"),
         (cfg.camera.resolution > 0, f"resolution must be positive (got {cfg.camera.resolution})"),
-        (cfg.render.samples_per_ray > 0, f"samples per ray must be positive (got {cfg.render.samples_per_ray})"),
+        (
+            cfg.render.samples_per_ray > 0,
+            f"samples per ray must be positive (got {cfg.render.samples_per_ray})",
+        ),
         (cfg.field.bound_radius > 0, f"bound radius must be positive (got {cfg.field.bound_radius})"),
-        (0.0 <= cfg.sds.t_range[0] < cfg.sds.t_range[1] <= 1.0, f"sds.t_range must lie in [0, 1] and rise (got {cfg.sds.t_range})"),
+        (
+            0.0 <= cfg.sds.t_range[0] < cfg.sds.t_range[1] <= 1.0,
+            f"sds.t_range must lie in [0, 1] and rise (got {cfg.sds.t_range})",
+        ),
         (cfg.optim.lr > 0, f"learning rate must be positive (got {cfg.optim.lr})"),
         (cfg.train.seed >= 0, f"--seed must be non-negative (got {cfg.train.seed})"),
     ]
@@ -98,7 +106,7 @@ class Trainer:
 
     def __init__(self, prompt: str, cfg: Config, run_dir: Path, guidance: Guidance, resume: bool = False):
         if not prompt.strip():
-            raise UserError("the prompt is empty; give a sentence such as \"a ceramic mug\"")
+            raise UserError('the prompt is empty; give a sentence such as "a ceramic mug"')
         validate_config(cfg)
         self.prompt = prompt.strip()
         self.cfg = cfg
@@ -108,7 +116,9 @@ class Trainer:
             self.run.check_tensorboard()
         self.guidance = guidance
         try:  # before the run folder is touched: a prompt the model cannot read leaves nothing behind
-            self.embeddings = guidance.embed(view_prompts(self.prompt))
+            self.embeddings = guidance.embed(
+                view_prompts(self.prompt, bottom=cfg.camera.bottom_view_below is not None)
+            )
         except ValueError as e:
             raise UserError(str(e)) from None
         self.run.prepare(self.prompt, to_dict(cfg), resume)
@@ -133,7 +143,9 @@ class Trainer:
         cfg, timer = self.cfg, self.timer
         cameras = sample_cameras(cfg.train.batch_size, cfg.camera, self.cpu_gen).to(self.device)
         shading = choose_shading(self.step, cfg.shading, self.cpu_gen)
-        prompt_index = view_index(cameras.elevation, cameras.azimuth).to(self.device)
+        prompt_index = view_index(
+            cameras.elevation, cameras.azimuth, bottom_below=cfg.camera.bottom_view_below
+        ).to(self.device)
         orientation_w, opacity_w = self._regularizer_weights()
         need_normals = shading != "albedo" or orientation_w > 0
 
@@ -175,8 +187,12 @@ class Trainer:
                 (loss * share).backward()
             finite = finite and bool(torch.isfinite(loss))
             for key, value in (
-                ("loss", loss), ("sds", sds.loss), ("sds_grad", sds.grad_norm), ("orientation", orient),
-                ("opacity", out.alpha.mean()), ("t", sds.timesteps.float().mean()),
+                ("loss", loss),
+                ("sds", sds.loss),
+                ("sds_grad", sds.grad_norm),
+                ("orientation", orient),
+                ("opacity", out.alpha.mean()),
+                ("t", sds.timesteps.float().mean()),
             ):
                 sums[key] += share * float(value.detach())
 
@@ -225,7 +241,11 @@ class Trainer:
         if previous is not None and _in_main_thread():
             signal.signal(signal.SIGINT, self._request_stop)
         bar = tqdm(
-            total=cfg.steps, initial=self.step, disable=not cfg.progress, desc="dreamfusion", unit="step",
+            total=cfg.steps,
+            initial=self.step,
+            disable=not cfg.progress,
+            desc="dreamfusion",
+            unit="step",
             dynamic_ncols=True,
         )
         last_ckpt = None
@@ -239,7 +259,9 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4g}", shading=metrics["shading"][:5])
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    self.run.log_metrics({**metrics, "elapsed_s": round(self.elapsed, 3), "timings": self.timings()})
+                    self.run.log_metrics(
+                        {**metrics, "elapsed_s": round(self.elapsed, 3), "timings": self.timings()}
+                    )
                 if cfg.preview_every and self.step % cfg.preview_every == 0:
                     self.save_preview()
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
@@ -293,7 +315,12 @@ class Trainer:
         tensors["rng.device"] = self.device_gen.get_state().cpu()
         meta = {"optim": optim_rest, "skipped_steps": self.skipped_steps, "elapsed_s": self.elapsed}
         path = save_checkpoint(
-            checkpoint_path(self.run.checkpoints, self.step), self.step, self.prompt, to_dict(self.cfg), tensors, meta
+            checkpoint_path(self.run.checkpoints, self.step),
+            self.step,
+            self.prompt,
+            to_dict(self.cfg),
+            tensors,
+            meta,
         )
         prune_checkpoints(self.run.checkpoints, self.cfg.train.keep_checkpoints)
         return path
@@ -305,7 +332,9 @@ class Trainer:
         try:
             ckpt = load_checkpoint(path)
             if ckpt.prompt != self.prompt:
-                raise CheckpointError(f"checkpoint {path} was trained on {ckpt.prompt!r}, not {self.prompt!r}")
+                raise CheckpointError(
+                    f"checkpoint {path} was trained on {ckpt.prompt!r}, not {self.prompt!r}"
+                )
             self.field.load_state_dict(_to(ckpt.section("field"), self.device))
             self.background.load_state_dict(_to(ckpt.section("background"), self.device))
             optim_state = unflatten_optimizer(ckpt.section("optim"), ckpt.meta["optim"])
@@ -316,7 +345,9 @@ class Trainer:
             raise UserError(f"cannot resume: {e}") from None
         except (RuntimeError, KeyError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"cannot resume: checkpoint {path} does not match this run's model ({first})") from None
+            raise UserError(
+                f"cannot resume: checkpoint {path} does not match this run's model ({first})"
+            ) from None
         self.step = ckpt.step
         self._first_step = ckpt.step
         self.skipped_steps = int(ckpt.meta.get("skipped_steps", 0))
@@ -332,4 +363,3 @@ def _in_main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-

@@ -7,10 +7,9 @@ one addition for this world: ", bottom view" for cameras below BOTTOM_BELOW degr
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from dreamfusion.prompts import VIEWS, view_index
+from dreamfusion.prompts import ALL_VIEWS, view_index
 from dreamfusion.world.colors import COLORS
 
 TEMPLATES: tuple[str, ...] = (
@@ -41,7 +40,7 @@ NOUNS: dict[str, tuple[str, ...]] = {
 }
 """Object name -> nouns that name it; the first is the canonical one."""
 
-WORLD_VIEWS: tuple[str, ...] = (*VIEWS, "bottom")
+WORLD_VIEWS: tuple[str, ...] = ALL_VIEWS
 """The paper's views plus "bottom"; `world_view_index` returns indices into this tuple."""
 
 BOTTOM_BELOW = -20.0
@@ -82,8 +81,7 @@ def world_view_index(
 
     The paper's rule (dreamfusion.prompts.view_index), then "bottom" below `bottom_below`.
     """
-    index = view_index(elevation, azimuth, overhead_above)
-    return torch.where(elevation < bottom_below, WORLD_VIEWS.index("bottom"), index)
+    return view_index(elevation, azimuth, overhead_above, bottom_below)
 
 
 def vocabulary() -> tuple[str, ...]:
