@@ -35,11 +35,18 @@ def _deepfloyd_if(cfg: Config, device: torch.device) -> Guidance:
     return load_deepfloyd_if(cfg.guidance, cfg.sds, device)
 
 
+def _bundled(cfg: Config, device: torch.device) -> Guidance:
+    from dreamfusion.guidance.bundled import load_bundled
+
+    return load_bundled(cfg.guidance, cfg.sds, device)
+
+
 # Choosing a backend is this one dict: name -> builder(config, device). Builders import lazily.
 GUIDANCE_BACKENDS: dict[str, Callable[[Config, torch.device], Guidance]] = {
     "closed-form": _closed_form,
     "stable-diffusion": _stable_diffusion,
     "deepfloyd-if": _deepfloyd_if,
+    "bundled": _bundled,
 }
 
 

@@ -10,6 +10,9 @@
     dreamfusion render RUN [--video out.mp4|out.gif] [--mode color|albedo|textureless|normal|depth]
                            [--frames 120] [--elevation 15] [--size 256] [--light camera:30,30|world:AZ,EL]
     dreamfusion view RUN [--port 8080] [--host 127.0.0.1]
+    dreamfusion prior train --out DIR [--preset tiny|bundled] [--steps N] [--batch-size N] [--device cuda]
+                            [--resume] [--max-minutes M]
+    dreamfusion prior sample PROMPT [-n 16] [--out grid.png] [--model PATH] [--steps 50] [--guidance-scale S]
 
 The common flags are plain argparse; every other config field (`--optim.lr 1e-3`,
 `--camera.resolution 96`, ...) is parsed by tyro against the chosen preset, whose dataclass
@@ -56,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     conf = sub.add_parser("config", help="print a preset's resolved config as JSON", add_help=False)
     conf.add_argument("--preset", default="default")
     _asset_parsers(sub)
+    from dreamfusion.prior.cli import add_parsers as _prior_parsers  # argparse only; no torch import
+
+    _prior_parsers(sub)
     return parser
 
 
@@ -209,7 +215,14 @@ def _device(name: str):
     return resolve_device(name)
 
 
-COMMANDS = {"export": _export, "render": _render, "view": _view}
+def _prior(args: argparse.Namespace, extra: list[str]) -> int:
+    from dreamfusion.prior.cli import run
+
+    _no_extra(extra)
+    return run(args)
+
+
+COMMANDS = {"export": _export, "render": _render, "view": _view, "prior": _prior}
 
 
 def main(argv: list[str] | None = None) -> int:

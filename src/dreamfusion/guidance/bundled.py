@@ -1,0 +1,138 @@
+"""Guidance from the bundled prior: the package's own 64x64 pixel diffusion model of the world.
+
+Like the paper's Imagen base model, it denoises the render itself (scaled to [-1, 1]); unlike it,
+it is also told the camera (elevation, azimuth, distance, focal length), which removes the
+size/proportion ambiguity of a random lens at a random distance. Only the denoiser lives here:
+CFG and the SDS gradient are `dreamfusion.sds.score_distillation`.
+
+View prompts: the prior was trained on the world's captions, which say ", bottom view" for
+cameras below BOTTOM_BELOW (-20) degrees; set `camera.bottom_view_below` to that value when
+distilling with it, so that the trainer embeds and picks the bottom-view prompt the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dreamfusion import sds
+from dreamfusion.cameras import Cameras
+from dreamfusion.config import GuidanceConfig, SDSConfig
+from dreamfusion.errors import UserError
+from dreamfusion.guidance.base import SDSOutput
+from dreamfusion.guidance.unet_sds import annealed_t_range
+from dreamfusion.prior.model import PriorModel, expected_sha256, load_prior, sha256_sidecar
+from dreamfusion.prior.text import TextStates
+from dreamfusion.prior.unet import camera_features
+from dreamfusion.weights import PRIOR_PATH
+
+
+@dataclass
+class BundledEmbeddings:
+    """The encoded prompts, then the empty prompt (the unconditional branch) as the last row."""
+
+    text: TextStates  # (P + 1, ...)
+
+    @property
+    def uncond_row(self) -> int:
+        return self.text.pooled.shape[0] - 1
+
+
+class BundledGuidance:
+    """The Guidance protocol around a PriorModel."""
+
+    def __init__(self, model: PriorModel, sds_cfg: SDSConfig, dtype: str = "auto") -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.sds_cfg = sds_cfg
+        # The model is small: float32 by default; bfloat16/float16 run it under autocast on CUDA.
+        self.autocast_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        return self.model.alphas_cumprod
+
+    def embed(self, prompts: Sequence[str]) -> BundledEmbeddings:
+        """Encode the prompts once (unknown words raise ValueError naming the known ones)."""
+        if isinstance(prompts, str):
+            raise TypeError("embed takes a sequence of prompts, not one string")
+        with torch.no_grad():
+            return BundledEmbeddings(text=self.model.encode([*prompts, ""]))
+
+    def _autocast(self, device: torch.device):
+        if self.autocast_dtype is None or device.type != "cuda":
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self.autocast_dtype)
+
+    def sds_loss(
+        self,
+        images: Tensor,  # (B, 3, H, W) in [0, 1]
+        embeddings: BundledEmbeddings,
+        prompt_index: Tensor,  # (B,)
+        cameras: Cameras,
+        generator: torch.Generator,
+        progress: float,
+    ) -> SDSOutput:
+        """SDS of the renders under the prior. Renders of another size are resized to the model's
+        (with gradient); x = 2 images - 1, so d loss / d images is twice the gradient in x."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W) in [0, 1], got shape {tuple(images.shape)}")
+        B, device, size = images.shape[0], images.device, self.model.image_size
+        if len(cameras) != B:
+            raise ValueError(f"{B} images but {len(cameras)} cameras")
+        model = self.model
+        if model.device != device:
+            model = self.model = self.model.to(device)
+        if images.shape[-2:] != (size, size):
+            images = F.interpolate(
+                images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
+        cameras = cameras.to(device)
+        index = prompt_index.to(device)
+        text = embeddings.text.to(device)
+        both = TextStates.cat([text[torch.full_like(index, embeddings.uncond_row)], text[index]])  # (2B, ...)
+        camera = camera_features(
+            cameras.elevation, cameras.azimuth, cameras.distance, cameras.focal / cameras.width
+        )
+        camera = torch.cat([camera, camera])  # (2B, 7): the unconditional branch sees the camera too
+
+        def denoise(z_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+            with self._autocast(device):
+                eps = model.eps(torch.cat([z_t, z_t]), torch.cat([t, t]), both, camera)
+            eps_uncond, eps_cond = eps.to(z_t.dtype).chunk(2)
+            return eps_uncond, eps_cond
+
+        sds_cfg = self.sds_cfg
+        t_range = annealed_t_range(sds_cfg, progress)
+        if t_range != tuple(sds_cfg.t_range):
+            sds_cfg = dataclasses.replace(sds_cfg, t_range=t_range)
+        x = images * 2.0 - 1.0
+        return sds.score_distillation(x, denoise, model.alphas_cumprod, sds_cfg, generator)
+
+
+def load_bundled(cfg: GuidanceConfig, sds_cfg: SDSConfig, device: torch.device) -> BundledGuidance:
+    """The bundled prior from `cfg.model` (a .safetensors file) or the weights in the package."""
+    if cfg.model:
+        path = Path(cfg.model).expanduser()
+        if not path.is_file():
+            raise UserError(f"--guidance.model {cfg.model}: no such prior weights file (a .safetensors file)")
+    else:
+        path = PRIOR_PATH
+        if not path.is_file():
+            raise UserError(
+                f"the bundled prior's weights are not installed (no {path}); train them with "
+                "`dreamfusion prior train --preset bundled --device cuda --out runs/prior` and pass "
+                "--guidance.model runs/prior/prior.safetensors, or use another --guidance"
+            )
+        if expected_sha256(path) is None:  # the packaged file is always checked
+            raise UserError(
+                f"the bundled prior's checksum file {sha256_sidecar(path)} is missing; reinstall the package"
+            )
+    model = load_prior(path, device)
+    return BundledGuidance(model, sds_cfg, cfg.dtype)

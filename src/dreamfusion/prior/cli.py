@@ -1,0 +1,141 @@
+"""`dreamfusion prior train` and `dreamfusion prior sample`: argparse only here; work is imported lazily.
+
+dreamfusion prior train --out DIR [--preset tiny|bundled] [--steps N] [--batch-size N]
+                        [--device cuda] [--seed N] [--resume] [--max-minutes M] [--compile]
+dreamfusion prior sample PROMPT [-n 16] [--out grid.png] [--model PATH] [--steps 50]
+                         [--guidance-scale 3] [--eta 0] [--seed N] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from pathlib import Path
+
+from dreamfusion.errors import UserError
+
+
+def add_parsers(sub) -> None:
+    """Add the `prior` command group to the top-level subparsers."""
+    prior = sub.add_parser("prior", help="train or sample the bundled text-to-image prior (docs/prior.md)")
+    cmds = prior.add_subparsers(dest="prior_command", required=True)
+
+    train = cmds.add_parser("train", help="train the prior on renders of the procedural world")
+    train.add_argument(
+        "--out", type=Path, required=True, help="run folder (checkpoints, metrics, prior.safetensors)"
+    )
+    train.add_argument(
+        "--preset", default="bundled", help="tiny | bundled (default: bundled; ignored with --resume)"
+    )
+    train.add_argument(
+        "--steps", type=int, default=None, help="total optimizer steps (default: the preset's)"
+    )
+    train.add_argument("--batch-size", type=int, default=None, help="images per step (default: the preset's)")
+    train.add_argument("--device", default=None, help="cpu or cuda (default: the preset's; bundled: cuda)")
+    train.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's)")
+    train.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+    train.add_argument(
+        "--max-minutes",
+        type=float,
+        default=0.0,
+        help="stop (with a checkpoint) after this many minutes; 0: no limit",
+    )
+    train.add_argument(
+        "--fit-minutes",
+        type=float,
+        default=0.0,
+        help="set --steps so the run takes about this many minutes here (timed on its first "
+        "steps; fresh runs only); 0: use --steps",
+    )
+    train.add_argument("--compile", action="store_true", help="torch.compile the U-Net (CUDA)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sample = cmds.add_parser("sample", help="sample images of a prompt from the prior")
+    sample.add_argument("prompt", help='what to draw, in the world\'s words, e.g. "a red cube, front view"')
+    sample.add_argument("-n", type=int, default=16, help="number of images (default 16)")
+    sample.add_argument("--out", type=Path, default=Path("grid.png"), help="PNG grid (default grid.png)")
+    sample.add_argument("--model", type=Path, default=None, help="weights file (default: the packaged prior)")
+    sample.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
+    sample.add_argument(
+        "--guidance-scale", type=float, default=3.0, help="classifier-free guidance (default 3)"
+    )
+    sample.add_argument(
+        "--mode",
+        default="any",
+        help="shading to ask for: any | albedo | lambertian | textureless (default any)",
+    )
+    sample.add_argument("--eta", type=float, default=0.0, help="0: DDIM, 1: ancestral (default 0)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sample.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.prior_command == "train":
+        return _train(args)
+    return _sample(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    import json
+
+    from dreamfusion.prior.recipes import PRIOR_PRESETS, recipe_from_dict
+    from dreamfusion.prior.train import PriorTrainer
+
+    if args.resume:
+        config_file = args.out / "config.json"
+        if not config_file.is_file():
+            raise UserError(f"nothing to resume in {args.out}: it has no config.json; drop --resume")
+        recipe = recipe_from_dict(json.loads(config_file.read_text())["config"])
+    else:
+        if args.preset not in PRIOR_PRESETS:
+            raise UserError(
+                f"unknown prior preset '{args.preset}'; choose one of: {', '.join(PRIOR_PRESETS)}"
+            )
+        recipe = PRIOR_PRESETS[args.preset]()
+    overrides = {"steps": args.steps, "batch_size": args.batch_size, "device": args.device, "seed": args.seed}
+    for name, value in overrides.items():
+        if value is not None and name in ("steps", "batch_size") and value <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive (got {value})")
+    train = dataclasses.replace(recipe.train, **{k: v for k, v in overrides.items() if v is not None})
+    if args.quiet:
+        train = dataclasses.replace(train, progress=False)
+    recipe = dataclasses.replace(recipe, train=train)
+    trainer = PriorTrainer(recipe, args.out, resume=args.resume, compile=args.compile)
+    if args.fit_minutes > 0 and args.resume:
+        raise UserError(
+            "--fit-minutes sets the length of a fresh run; a resumed run keeps its own (--steps changes it)"
+        )
+    path = trainer.train(max_minutes=args.max_minutes, fit_minutes=args.fit_minutes)
+    print(f"weights:     {path} (step {trainer.step}/{recipe.train.steps}, EMA, float16)")
+    print(f"metrics:     {trainer.run.metrics_file}")
+    if (args.out / "samples.png").is_file():
+        print(f"samples:     {args.out / 'samples.png'}")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from dreamfusion.prior.model import PriorFileError, load_prior
+    from dreamfusion.prior.sample import sample_prompts, save_grid
+    from dreamfusion.trainer import resolve_device
+    from dreamfusion.weights import PRIOR_PATH
+
+    if args.n <= 0 or args.steps <= 0:
+        raise UserError(f"-n and --steps must be positive (got {args.n}, {args.steps})")
+    if args.model is None and not PRIOR_PATH.is_file():
+        raise UserError(
+            f"the packaged prior is not installed (no {PRIOR_PATH}); pass --model RUN/prior.safetensors"
+        )
+    path = args.model or PRIOR_PATH
+    try:
+        model = load_prior(path, resolve_device(args.device))
+        images = sample_prompts(
+            model, [args.prompt] * args.n, args.seed, args.steps, args.guidance_scale, args.eta
+        )
+    except (PriorFileError, ValueError) as e:
+        raise UserError(str(e)) from None
+    grid = save_grid(args.out, images, columns=math.ceil(math.sqrt(args.n)), scale=2)
+    print(f"samples:     {grid} ({args.n} images of {args.prompt!r})")
+    return 0

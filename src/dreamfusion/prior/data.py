@@ -1,0 +1,95 @@
+"""Training data for the prior: a ring buffer of world renders, refreshed a block at a time.
+
+Rendering a whole batch every step would make the renderer, not the U-Net, set the pace; so each
+step renders one block of `fresh` new images into a pool of `size` images and the batch is drawn
+from the whole pool (each image is seen about batch / fresh times while it lives in the pool).
+Block k is always rendered from its own generator, seeded by (seed, k), and lives in slot
+k mod (size / fresh): so the pool before any step is a function of the step alone, and a resumed
+run rebuilds exactly the pool the uninterrupted run had, without saving it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from dreamfusion.prior.text import Tokenizer
+from dreamfusion.prior.unet import camera_features
+from dreamfusion.world.config import WorldConfig, world_cameras
+from dreamfusion.world.dataset import sample_batch
+
+
+def world_config(
+    image_size: int, supersample: int = 2, march_steps: int = 64, view_suffix_probability: float = 1.0
+) -> WorldConfig:
+    """The world's renderer settings at the prior's resolution (the world's camera range)."""
+    return WorldConfig(
+        camera=dataclasses.replace(world_cameras(), resolution=image_size),
+        supersample=supersample,
+        march_steps=march_steps,
+        view_suffix_probability=view_suffix_probability,
+    )
+
+
+def block_generator(seed: int, block: int) -> torch.Generator:
+    """The CPU generator of one block: independent of every other block and of the step order."""
+    return torch.Generator().manual_seed((seed << 32) + block)
+
+
+class WorldPool:
+    """`size` captioned renders on `device`: images in [-1, 1], token ids, camera features, modes."""
+
+    def __init__(
+        self,
+        size: int,
+        fresh: int,
+        tokenizer: Tokenizer,
+        world: WorldConfig,
+        seed: int,
+        device: torch.device,
+        objects: Sequence[str] | None = None,
+        colors: Sequence[str] | None = None,
+    ) -> None:
+        if fresh <= 0 or size % fresh:
+            raise ValueError(
+                f"pool size {size} must be a positive multiple of the fresh images per step {fresh}"
+            )
+        self.size, self.fresh, self.blocks = size, fresh, size // fresh
+        self.tokenizer, self.world, self.seed, self.device = tokenizer, world, seed, device
+        self.objects, self.colors = objects, colors
+        res = world.camera.resolution
+        self.images = torch.empty(size, 3, res, res, device=device)  # (P, 3, H, W) in [-1, 1]
+        self.tokens = torch.empty(size, tokenizer.max_length, dtype=torch.long, device=device)  # (P, L)
+        self.camera = torch.empty(size, 7, device=device)  # (P, 7) camera_features
+        self.mode = torch.empty(size, dtype=torch.long, device=device)  # (P,) index into SHADING_MODES
+
+    def render_block(self, block: int) -> None:
+        """Render block `block` into its slot."""
+        images, captions, labels = sample_batch(
+            self.fresh, block_generator(self.seed, block), self.device, self.objects, self.colors, self.world
+        )
+        rows = slice((block % self.blocks) * self.fresh, (block % self.blocks + 1) * self.fresh)
+        self.images[rows] = images * 2.0 - 1.0
+        self.tokens[rows] = self.tokenizer.encode(captions).to(self.device)
+        self.camera[rows] = camera_features(
+            labels["elevation"], labels["azimuth"], labels["distance"], labels["focal"]
+        )
+        self.mode[rows] = labels["mode"]
+
+    def fill(self, step: int) -> None:
+        """The pool as it stands before `step`: blocks step .. step + blocks - 1."""
+        for block in range(step, step + self.blocks):
+            self.render_block(block)
+
+    def advance(self, step: int) -> None:
+        """Before training step `step` (after fill(step)): replace the oldest block (block `step`) by
+        block step + blocks, so the pool then holds blocks step + 1 .. step + blocks."""
+        self.render_block(step + self.blocks)
+
+    def batch(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Images (B, 3, H, W), token ids (B, L), camera features (B, 7), shading modes (B,) at pool
+        rows `index` (B,)."""
+        return self.images[index], self.tokens[index], self.camera[index], self.mode[index]

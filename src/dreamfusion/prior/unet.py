@@ -1,0 +1,218 @@
+"""The prior's denoiser: a text- and camera-conditioned pixel U-Net (ADM-style, small).
+
+Conditioning enters twice:
+- one embedding vector per image, added into every residual block as a scale and shift of its
+  normalized features: timestep + camera + shading mode + pooled text;
+- the text tokens, attended to by cross-attention at the coarse resolutions.
+
+Why the camera: with distance and focal length both random, the apparent size of an object does
+not pin down its size or proportions (a cube seen closer with a shorter lens looks like a taller
+box). Given the camera, the image distribution of "a cube" has one size, and SDS inherits it.
+
+Why the shading mode (albedo / lambertian / textureless, or unknown): a third of the world's
+images are textureless (white albedo), as SDS renders them. Told the mode, samples can be asked
+to show their color; SDS, which does not tell the backend its mode, uses "unknown", which the
+model learns from the share of training images whose mode is withheld.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dreamfusion.prior.layers import Attention, FeedForward, timestep_embedding, zero_init
+from dreamfusion.prior.text import TextStates
+from dreamfusion.shading import SHADING_MODES
+
+CAMERA_FEATURES = 7
+UNKNOWN_MODE = len(SHADING_MODES)
+"""Mode index meaning "any shading": the model's input when the mode is not given."""
+
+
+def camera_features(elevation: Tensor, azimuth: Tensor, distance: Tensor, focal: Tensor) -> Tensor:
+    """What the U-Net knows of the camera: (B,) each -> (B, 7) float32, entries of order one.
+
+    elevation, azimuth in degrees (angles as sin/cos: azimuth wraps around); distance from the
+    origin; focal as the multiplier lambda = focal_px / width. The log of focal / distance, the
+    apparent scale of the object, is given directly. Offsets center the world's ranges
+    (distance 1..1.5, lambda 0.7..1.35).
+    """
+    el, az = torch.deg2rad(elevation.float()), torch.deg2rad(azimuth.float())
+    distance, focal = distance.float(), focal.float()
+    return torch.stack(
+        [
+            torch.sin(el),
+            torch.cos(el),
+            torch.sin(az),
+            torch.cos(az),
+            (distance - 1.25) * 4.0,
+            (focal - 1.0) * 3.0,
+            torch.log(focal / distance) * 3.0,
+        ],
+        dim=-1,
+    )
+
+
+@dataclass
+class UNetConfig:
+    """Shape of the U-Net; saved with the weights."""
+
+    image_size: int = 64
+    """Width and height of the images it denoises."""
+    channels: tuple[int, ...] = (64, 128, 192, 256)
+    """Feature channels per resolution level (each level halves the resolution)."""
+    blocks_per_level: int = 2
+    """Residual blocks per level on the way down (one more on the way up)."""
+    attention_levels: tuple[int, ...] = (2, 3)
+    """Levels (0 = full resolution) with self- and cross-attention after each block."""
+    head_dim: int = 32
+    """Channels per attention head."""
+    emb_dim: int = 256
+    """Width of the timestep + camera + pooled-text embedding."""
+    text_dim: int = 128
+    """Width of the text encoder's states (set from the text encoder)."""
+    groups: int = 32
+    """GroupNorm groups (must divide every channel count)."""
+    ff_mult: int = 2
+    """Hidden width of the attention blocks' feed-forward, as a multiple of the channels."""
+    shading_modes: int = len(SHADING_MODES)
+    """Shading modes the model can be told (SHADING_MODES order), plus one "unknown"."""
+
+
+class ResBlock(nn.Module):
+    """GN-SiLU-conv, then GN with the embedding's scale and shift, SiLU, conv (zero-init), plus skip."""
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * c_out)
+        self.norm2 = nn.GroupNorm(groups, c_out)
+        self.conv2 = zero_init(nn.Conv2d(c_out, c_out, 3, padding=1))
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1.0 + scale) + shift
+        return self.skip(x) + self.conv2(F.silu(h))
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over pixels, cross-attention to the text tokens, feed-forward; all residual."""
+
+    def __init__(self, channels: int, text_dim: int, head_dim: int, groups: int, ff_mult: int) -> None:
+        super().__init__()
+        heads = max(1, channels // head_dim)
+        self.norm = nn.GroupNorm(groups, channels)
+        self.self_attn = Attention(channels, heads)
+        self.cross_norm = nn.LayerNorm(channels)
+        self.cross_attn = Attention(channels, heads, context_dim=text_dim)
+        self.ff = FeedForward(channels, ff_mult)
+
+    def forward(self, x: Tensor, text: TextStates) -> Tensor:
+        B, C, H, W = x.shape
+        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        h = x.flatten(2).transpose(1, 2) + self.self_attn(h)
+        h = h + self.cross_attn(self.cross_norm(h), text.tokens.to(h.dtype), text.mask)
+        h = h + self.ff(h)
+        return h.transpose(1, 2).reshape(B, C, H, W)
+
+
+class _Level(nn.Module):
+    """Residual blocks of one resolution, each optionally followed by attention."""
+
+    def __init__(self, c_ins: list[int], c_out: int, attention: bool, cfg: UNetConfig) -> None:
+        super().__init__()
+        self.res = nn.ModuleList(ResBlock(c, c_out, cfg.emb_dim, cfg.groups) for c in c_ins)
+        self.attn = nn.ModuleList(
+            AttentionBlock(c_out, cfg.text_dim, cfg.head_dim, cfg.groups, cfg.ff_mult)
+            if attention
+            else nn.Identity()
+            for _ in c_ins
+        )
+
+
+class UNet(nn.Module):
+    """eps- or v-prediction network: (z_t (B, 3, H, W), t (B,), text, camera (B, 7), mode (B,) or None)
+    -> (B, 3, H, W)."""
+
+    def __init__(self, cfg: UNetConfig) -> None:
+        super().__init__()
+        if cfg.image_size % 2 ** (len(cfg.channels) - 1):
+            raise ValueError(f"image_size {cfg.image_size} does not halve {len(cfg.channels) - 1} times")
+        self.cfg = cfg
+        E = cfg.emb_dim
+        self.time_mlp = nn.Sequential(nn.Linear(E, E), nn.SiLU(), nn.Linear(E, E))
+        self.camera_mlp = nn.Sequential(nn.Linear(CAMERA_FEATURES, E), nn.SiLU(), nn.Linear(E, E))
+        self.text_proj = nn.Linear(cfg.text_dim, E)
+        self.mode_embed = nn.Embedding(cfg.shading_modes + 1, E)
+        self.conv_in = nn.Conv2d(3, cfg.channels[0], 3, padding=1)
+
+        skips = [cfg.channels[0]]  # channels of every saved skip, in order
+        self.down = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        c = cfg.channels[0]
+        for i, c_out in enumerate(cfg.channels):
+            ins = [c] + [c_out] * (cfg.blocks_per_level - 1)
+            self.down.append(_Level(ins, c_out, i in cfg.attention_levels, cfg))
+            skips += [c_out] * cfg.blocks_per_level
+            c = c_out
+            if i < len(cfg.channels) - 1:
+                self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+                skips.append(c)
+        self.mid_res1 = ResBlock(c, c, E, cfg.groups)
+        self.mid_attn = AttentionBlock(c, cfg.text_dim, cfg.head_dim, cfg.groups, cfg.ff_mult)
+        self.mid_res2 = ResBlock(c, c, E, cfg.groups)
+
+        self.up = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        for i, c_out in reversed(list(enumerate(cfg.channels))):
+            ins = []
+            for _ in range(cfg.blocks_per_level + 1):
+                ins.append(c + skips.pop())
+                c = c_out
+            self.up.append(_Level(ins, c_out, i in cfg.attention_levels, cfg))
+            if i > 0:
+                self.upsample.append(nn.Conv2d(c, c, 3, padding=1))
+        self.norm_out = nn.GroupNorm(cfg.groups, c)
+        self.conv_out = zero_init(nn.Conv2d(c, 3, 3, padding=1))
+
+    def embedding(self, t: Tensor, text: TextStates, camera: Tensor, mode: Tensor | None = None) -> Tensor:
+        """(B,) timesteps, pooled text (B, D), camera features (B, 7), shading mode (B,) long or
+        None (unknown) -> (B, emb_dim)."""
+        if mode is None:
+            mode = torch.full_like(t, self.cfg.shading_modes)
+        time = self.time_mlp(timestep_embedding(t, self.cfg.emb_dim))
+        cond = self.camera_mlp(camera.float()) + self.mode_embed(mode) + self.text_proj(text.pooled.float())
+        return time + cond
+
+    def forward(
+        self, z: Tensor, t: Tensor, text: TextStates, camera: Tensor, mode: Tensor | None = None
+    ) -> Tensor:
+        emb = self.embedding(t, text, camera, mode)
+        h = self.conv_in(z)
+        skips = [h]
+        for i, level in enumerate(self.down):
+            for res, attn in zip(level.res, level.attn, strict=True):
+                h = res(h, emb)
+                h = attn(h, text) if isinstance(attn, AttentionBlock) else h
+                skips.append(h)
+            if i < len(self.downsample):
+                h = self.downsample[i](h)
+                skips.append(h)
+        h = self.mid_res2(self.mid_attn(self.mid_res1(h, emb), text), emb)
+        for i, level in enumerate(self.up):
+            for res, attn in zip(level.res, level.attn, strict=True):
+                h = res(torch.cat([h, skips.pop()], dim=1), emb)
+                h = attn(h, text) if isinstance(attn, AttentionBlock) else h
+            if i < len(self.upsample):
+                h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

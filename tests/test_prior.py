@@ -1,0 +1,339 @@
+"""The bundled prior on CPU: a tiny random-weight model built from a config, saved and loaded through
+the same path users hit (load_prior / --guidance.model), then trained, resumed, sampled and
+plugged into SDS and `dreamfusion.generate`."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from dreamfusion.cameras import orbit_cameras
+from dreamfusion.checkpoint import list_checkpoints, load_checkpoint
+from dreamfusion.config import SDSConfig
+from dreamfusion.errors import UserError
+from dreamfusion.guidance.bundled import BundledGuidance, load_bundled
+from dreamfusion.prior.model import PriorFileError, PriorModel, load_prior, save_prior, sha256_sidecar
+from dreamfusion.prior.recipes import tiny
+from dreamfusion.prior.sample import ddim_sample, ddim_timesteps, prompt_cameras, sample_prompts
+from dreamfusion.prior.text import PAD, START
+from dreamfusion.prior.train import PriorTrainer, build_optimizer, diffusion_loss
+from dreamfusion.prior.unet import camera_features
+from dreamfusion.prompts import view_prompts
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny tensors: on a shared 2-core machine one thread is several times faster than two.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def random_model(seed: int = 0) -> PriorModel:
+    """The tiny preset's model with every weight random (zero-initialized layers too), so its
+    outputs depend on all of its inputs."""
+    torch.manual_seed(seed)
+    model = PriorModel(tiny().model)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.1)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("prior") / "prior.safetensors"
+    save_prior(random_model(), path)
+    return path
+
+
+def tiny_recipe(steps: int, **train):
+    recipe = tiny()
+    return dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, steps=steps, **train))
+
+
+# ------------------------------------------------------------------------------ text, shapes
+def test_tokenizer_ids_and_unknown_word_error(weights):
+    model = load_prior(weights)
+    tok = model.tokenizer
+    ids = tok.encode(["A red cube, front view", ""])
+    words = ["a", "red", "cube", ",", "front", "view"]
+    assert ids[0].tolist() == [START] + [tok.ids[w] for w in words] + [PAD] * (tok.max_length - 7)
+    assert ids[1].tolist() == [START] + [PAD] * (tok.max_length - 1)
+    with pytest.raises(ValueError) as e:
+        model.encode(["a ceramic mug"])
+    message = str(e.value)
+    assert "\n" not in message
+    assert "'ceramic', 'mug'" in message and "torus" in message and "--guidance stable-diffusion" in message
+    with pytest.raises(ValueError, match="at most"):
+        tok.encode(["a red cube " * 10])
+
+
+def test_camera_features_by_hand():
+    f = camera_features(torch.tensor([30.0]), torch.tensor([90.0]), torch.tensor([1.0]), torch.tensor([1.2]))
+    expected = [0.5, math.sqrt(3) / 2, 1.0, 0.0, -1.0, 0.6, 3.0 * math.log(1.2)]
+    assert torch.allclose(f[0], torch.tensor(expected), atol=1e-6)
+
+
+def test_forward_shapes_and_eps_from_v():
+    model = random_model()
+    z, t = torch.randn(3, 3, 16, 16), torch.tensor([0, 500, 999])
+    text, cam = model.encode(["a red cube", "blue ball, side view", ""]), torch.zeros(3, 7)
+    v = model(z, t, text, cam)
+    assert v.shape == (3, 3, 16, 16) and torch.isfinite(v).all()
+    ab = model.alphas_cumprod[t].view(-1, 1, 1, 1)
+    assert torch.allclose(model.eps(z, t, text, cam), ab.sqrt() * v + (1 - ab).sqrt() * z, atol=1e-6)
+    # The v target is consistent with eps: eps = alpha v + sigma z_t at z_t = alpha x0 + sigma eps.
+    x0, noise = torch.rand(3, 3, 16, 16) * 2 - 1, torch.randn(3, 3, 16, 16)
+    zt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+    assert torch.allclose(ab.sqrt() * model.target(x0, noise, t) + (1 - ab).sqrt() * zt, noise, atol=1e-5)
+
+
+# -------------------------------------------------------------------------------- the file
+def test_save_load_roundtrip_in_float16(weights):
+    original = random_model()
+    loaded = load_prior(weights)
+    assert weights.stat().st_size < 2 * sum(p.numel() for p in original.parameters()) + 20_000
+    for (name, p), q in zip(original.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(p.half().float(), q), name
+    assert not any(p.requires_grad for p in loaded.parameters())
+
+
+def test_checksum_mismatch_is_a_clear_error(weights, tmp_path):
+    bad = tmp_path / "prior.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit pattern in the last weight
+    bad.write_bytes(bytes(data))
+    sha256_sidecar(bad).write_text(sha256_sidecar(weights).read_text())
+    with pytest.raises(PriorFileError, match="checksum mismatch") as e:
+        load_prior(bad)
+    assert "\n" not in str(e.value)
+    with pytest.raises(PriorFileError, match="no prior weights file"):
+        load_prior(tmp_path / "missing.safetensors")
+
+
+def test_missing_packaged_weights_is_a_user_error(monkeypatch, tmp_path):
+    import dreamfusion.guidance.bundled as bundled
+
+    monkeypatch.setattr(bundled, "PRIOR_PATH", tmp_path / "prior.safetensors")
+    cfg = dataclasses.replace(tiny_config_guidance(), model=None)
+    with pytest.raises(UserError, match="not installed"):
+        load_bundled(cfg, SDSConfig(), torch.device("cpu"))
+
+
+def tiny_config_guidance():
+    from dreamfusion.config import GuidanceConfig
+
+    return GuidanceConfig(name="bundled")
+
+
+def test_packaged_path_requires_its_checksum_file(monkeypatch, weights, tmp_path):
+    import shutil
+
+    import dreamfusion.guidance.bundled as bundled
+
+    packaged = tmp_path / "prior.safetensors"
+    shutil.copy(weights, packaged)
+    monkeypatch.setattr(bundled, "PRIOR_PATH", packaged)
+    with pytest.raises(UserError, match="checksum file"):
+        load_bundled(tiny_config_guidance(), SDSConfig(), torch.device("cpu"))
+    shutil.copy(sha256_sidecar(weights), sha256_sidecar(packaged))
+    guidance = load_bundled(tiny_config_guidance(), SDSConfig(), torch.device("cpu"))
+    assert guidance.model.image_size == 16
+
+
+def test_shipped_weights_load_and_sample():
+    from dreamfusion.weights import PRIOR_PATH
+
+    if not PRIOR_PATH.is_file():
+        pytest.skip(f"no packaged prior weights at {PRIOR_PATH} yet")
+    guidance = load_bundled(tiny_config_guidance(), SDSConfig(), torch.device("cpu"))
+    images = sample_prompts(guidance.model, ["a red cube, front view"], seed=0, steps=2)
+    assert images.shape == (1, 3, 64, 64) and torch.isfinite(images).all()
+
+
+# ---------------------------------------------------------------------------------- training
+def test_training_steps_reduce_the_loss_on_a_fixed_batch():
+    from dreamfusion.prior.data import world_config
+    from dreamfusion.world.dataset import sample_batch
+
+    torch.manual_seed(0)
+    model = PriorModel(tiny().model).train()
+    images, captions, labels = sample_batch(8, torch.Generator().manual_seed(0), cfg=world_config(16, 1, 24))
+    x0 = images * 2 - 1
+    tokens = model.tokenizer.encode(captions)
+    camera = camera_features(labels["elevation"], labels["azimuth"], labels["distance"], labels["focal"])
+    gen = torch.Generator().manual_seed(1)
+    t = torch.randint(1000, (8,), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    optimizer = build_optimizer(model, dataclasses.replace(tiny().train.optim, lr=3e-3), fused=False)
+
+    def loss() -> torch.Tensor:
+        return diffusion_loss(model, x0, tokens, camera, labels["mode"], t, noise)
+
+    first = float(loss().detach())
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss().backward()
+        optimizer.step()
+    assert float(loss().detach()) < 0.7 * first
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    whole = PriorTrainer(tiny_recipe(6), tmp_path / "whole")
+    whole.train()
+
+    first = PriorTrainer(tiny_recipe(6), tmp_path / "split")
+    step = first.train_step
+
+    def stop_after_3(stats):  # an interruption (Ctrl-C) after the third step
+        step(stats)
+        first._stop_requested = first.step == 3
+
+    first.train_step = stop_after_3
+    first.train()
+    assert first.step == 3
+    PriorTrainer(tiny_recipe(6), tmp_path / "split", resume=True).train()
+
+    a = load_checkpoint(list_checkpoints(whole.run.checkpoints)[-1])
+    b = load_checkpoint(list_checkpoints(tmp_path / "split" / "checkpoints")[-1])
+    assert a.step == b.step == 6 and a.tensors.keys() == b.tensors.keys()
+    for key in a.tensors:
+        assert torch.equal(a.tensors[key], b.tensors[key]), key
+    # The shipped file too (its bytes may differ: safetensors writes metadata keys in hash order).
+    ema_whole, ema_split = (
+        load_prior(whole.run.path / "prior.safetensors"),
+        load_prior(tmp_path / "split" / "prior.safetensors"),
+    )
+    for p, q in zip(ema_whole.state_dict().values(), ema_split.state_dict().values(), strict=True):
+        assert torch.equal(p, q)
+    steps = [line for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert len(steps) == 6
+
+
+# ---------------------------------------------------------------------------------- sampling
+def test_ddim_sampler_shape_range_and_determinism(weights):
+    model = load_prior(weights)
+    assert ddim_timesteps(1000, 4).tolist() == [999, 666, 333, 0]
+    images = sample_prompts(model, ["a red cube", "a green torus, bottom view"], seed=3, steps=4)
+    assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
+    assert images.min() >= 0 and images.max() <= 1
+    assert torch.equal(
+        images, sample_prompts(model, ["a red cube", "a green torus, bottom view"], seed=3, steps=4)
+    )
+    text, cam = model.encode(["a red cube"]), torch.zeros(1, 7)
+    ancestral = ddim_sample(model, text, cam, torch.Generator().manual_seed(0), steps=4, eta=1.0)
+    assert torch.isfinite(ancestral).all()
+    lit = sample_prompts(
+        model, ["a red cube", "a green torus, bottom view"], seed=3, steps=4, mode="lambertian"
+    )
+    assert not torch.allclose(lit, images)  # the shading mode is an input
+    with pytest.raises(ValueError, match="shading mode"):
+        sample_prompts(model, ["a red cube"], steps=2, mode="glossy")
+
+
+def test_prompt_cameras_follow_the_view_suffix():
+    gen = torch.Generator().manual_seed(0)
+    feats = prompt_cameras(
+        ["a red cube, bottom view", "a red cube, overhead view", "a red cube, back view"], gen
+    )
+    sin_el, cos_az = feats[:, 0], feats[:, 3]
+    assert sin_el[0] < math.sin(math.radians(-20)) and sin_el[1] > math.sin(math.radians(60))
+    assert cos_az[2] <= math.cos(math.radians(135)) + 1e-6
+
+
+# ---------------------------------------------------------------------------------- guidance
+def test_embed_encodes_prompts_and_the_empty_prompt(weights):
+    model = load_prior(weights)
+    guidance = BundledGuidance(model, SDSConfig())
+    prompts = view_prompts("a red cube")
+    emb = guidance.embed(prompts)
+    assert emb.text.pooled.shape[0] == len(prompts) + 1 and emb.uncond_row == len(prompts)
+    assert torch.equal(emb.text.pooled[-1], model.encode([""]).pooled[0])
+    with pytest.raises(ValueError, match="stable-diffusion"):
+        guidance.embed(view_prompts("a ceramic mug"))
+
+
+def test_sds_gradient_is_finite_and_depends_on_the_camera(weights):
+    guidance = BundledGuidance(load_prior(weights), SDSConfig(guidance_scale=10.0))
+    emb = guidance.embed(view_prompts("a red cube"))
+
+    def grad(distance: float, elevation: float = 15.0) -> torch.Tensor:
+        images = torch.full((2, 3, 16, 16), 0.5, requires_grad=True)
+        cams = orbit_cameras(2, 16, elevation=elevation, distance=distance)
+        out = guidance.sds_loss(
+            images, emb, torch.tensor([0, 2]), cams, torch.Generator().manual_seed(0), 0.0
+        )
+        out.loss.backward()
+        assert out.timesteps.shape == (2,) and torch.isfinite(out.grad_norm)
+        return images.grad
+
+    near = grad(1.0)
+    assert torch.isfinite(near).all() and near.abs().sum() > 0
+    assert not torch.allclose(near, grad(1.5))  # same t and noise, another camera distance
+    assert not torch.allclose(near, grad(1.0, elevation=-40.0))  # same distance, from below
+
+
+def test_generate_two_steps_with_bundled_guidance(weights, tmp_path, tiny):
+    import dreamfusion
+
+    cfg = tiny(steps=2)
+    cfg = dataclasses.replace(
+        cfg, guidance=dataclasses.replace(cfg.guidance, name="bundled", model=str(weights))
+    )
+    result = dreamfusion.generate(
+        "a red cube", config=cfg, out=tmp_path / "run", progress=False, export_mesh=False, turntable=False
+    )
+    assert result.steps == 2 and result.checkpoint.is_file()
+    with pytest.raises(UserError, match="ceramic"):
+        dreamfusion.generate(
+            "a ceramic mug",
+            config=cfg,
+            out=tmp_path / "mug",
+            progress=False,
+            export_mesh=False,
+            turntable=False,
+        )
+    assert not (tmp_path / "mug").exists()
+
+
+def test_cli_train_and_sample(tmp_path):
+    from dreamfusion.cli import main
+
+    assert (
+        main(
+            ["prior", "train", "--preset", "tiny", "--steps", "2", "--out", str(tmp_path / "run"), "--quiet"]
+        )
+        == 0
+    )
+    model = tmp_path / "run" / "prior.safetensors"
+    assert model.is_file() and sha256_sidecar(model).is_file()
+    grid = tmp_path / "grid.png"
+    args = ["prior", "sample", "a blue cone, side view", "-n", "3", "--model", str(model), "--steps", "2"]
+    assert main([*args, "--out", str(grid)]) == 0
+    from PIL import Image
+
+    assert Image.open(grid).size == (
+        2 * 2 * 16,
+        2 * 2 * 16,
+    )  # 2 columns x 2 rows of 16 px images, 2x upscaled
+
+
+def test_fit_minutes_sets_the_run_length(tmp_path, monkeypatch):
+    import json
+
+    import dreamfusion.prior.train as train
+
+    monkeypatch.setattr(train, "FIT_STEPS", (2, 4))
+    monkeypatch.setattr(train, "FIT_RESERVE_S", 0.0)
+    trainer = PriorTrainer(tiny_recipe(10_000, checkpoint_every=1000), tmp_path / "run")
+    trainer.train(fit_minutes=0.03)
+    assert 4 < trainer.step == trainer.cfg.steps < 10_000
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["config"]["train"]["steps"]
+    assert saved == trainer.step
