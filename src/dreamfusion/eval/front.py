@@ -1,0 +1,127 @@
+"""Front consistency of objects with a front: is the front where it should be, and is there only one?
+
+The prediction is compared with the truth turned by 0, 90, 180 and 270 degrees about z, only in
+the region where those four truths disagree (in occupancy, or in albedo where all of them are
+occupied): everywhere else the comparison cannot tell the rotations apart. At each point of that
+region the agreement with a rotated truth is 1 when both are empty, 0 when one is occupied and the
+other is not, and 1 - mean |albedo difference| when both are occupied; a rotation's score is the
+mean agreement. The rule (docs/evaluation.md):
+
+- the front is right when the unrotated truth scores strictly highest;
+- with `best` the highest-scoring rotation and "strength" a rotation's score minus the mean of the
+  two rotations at +-90 degrees from `best`, the object has two fronts when the rotation opposite
+  `best` has at least half the strength of `best` (a Janus object looks like the truth both ways).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from dreamfusion.eval.geometry import DENSITY_LEVEL, aligned_points, field_device, grid_points
+from dreamfusion.fields.base import Field
+from dreamfusion.world import OBJECTS, WorldObject
+
+ROTATIONS = (0, 90, 180, 270)
+"""Degrees about +z, counter-clockwise seen from above."""
+
+TWO_FRONT_RATIO = 0.5
+"""The opposite rotation counts as a second front at this share of the best one's strength."""
+
+ALBEDO_DIFFERENT = 0.05
+"""Occupied points whose rotated truths' albedos differ by more than this (max over channels)
+belong to the discriminating region."""
+
+
+def rotate_z(points: Tensor, degrees: float) -> Tensor:
+    """Rotate points (N, 3) by `degrees` about +z."""
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    rotation = points.new_tensor(((c, -s, 0.0), (s, c, 0.0), (0.0, 0.0, 1.0)))
+    return points @ rotation.T
+
+
+def rotated_truth(obj: WorldObject, points: Tensor, degrees: float) -> tuple[Tensor, Tensor]:
+    """Occupancy (N,) and albedo (N, 3) of the object turned by `degrees` about z, at points (N, 3)."""
+    local = rotate_z(points, -degrees)
+    return obj.occupancy(local), obj.albedo(local)
+
+
+@dataclass
+class FrontResult:
+    scores: dict[int, float]
+    """Mean agreement with the truth rotated by each of ROTATIONS."""
+    best: int
+    """The rotation that matches best."""
+    correct: bool
+    """The unrotated truth matches strictly best: the front faces +x."""
+    two_fronts: bool
+    """The rotation opposite `best` matches nearly as well (a Janus object)."""
+    margin: float
+    """scores[0] minus the best other score: > 0 when correct; its size says how clearly."""
+    region_points: int
+    """Points of the discriminating region (at the chosen resolution)."""
+
+
+def discriminating_region(
+    obj: WorldObject, resolution: int = 96, bound: float = 0.7
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Grid points where the four rotated truths disagree.
+
+    Returns points (M, 3), the rotated truths' occupancy (4, M) and albedo (4, M, 3) there.
+    """
+    points = grid_points(resolution, bound)
+    occupancy, albedo = zip(*(rotated_truth(obj, points, d) for d in ROTATIONS), strict=True)
+    occupancy, albedo = torch.stack(occupancy), torch.stack(albedo)  # (4, N), (4, N, 3)
+    differs = (occupancy != occupancy[:1]).any(0)
+    spread = (albedo.amax(0) - albedo.amin(0)).amax(-1)  # (N,)
+    differs |= occupancy.all(0) & (spread > ALBEDO_DIFFERENT)
+    return points[differs], occupancy[:, differs], albedo[:, differs]
+
+
+def front_rule(scores: dict[int, float]) -> tuple[int, bool, bool, float]:
+    """(best rotation, front correct, two fronts, margin) from the four scores; see the module docstring."""
+    best = max(ROTATIONS, key=lambda d: scores[d])
+    others = [scores[d] for d in ROTATIONS if d != 0]
+    margin = scores[0] - max(others)
+    sides = 0.5 * (scores[(best + 90) % 360] + scores[(best + 270) % 360])
+    strength = scores[best] - sides
+    opposite = scores[(best + 180) % 360] - sides
+    two = strength > 0.0 and opposite >= TWO_FRONT_RATIO * strength
+    return best, margin > 0.0, two, margin
+
+
+@torch.no_grad()
+def front_consistency(
+    field: Field,
+    obj: WorldObject | str,
+    color: str | None = None,
+    scale: float = 1.0,
+    shift: float = 0.0,
+    level: float = DENSITY_LEVEL,
+    resolution: int = 96,
+) -> FrontResult:
+    """Score the field against the object (painted `color`) turned four ways; see the module docstring.
+
+    `scale` and `shift` are the alignment of the unrotated object (`geometry.aligned_iou`); turns
+    about z keep both meaningful. Raises ValueError for an object without a front.
+    """
+    obj = OBJECTS[obj] if isinstance(obj, str) else obj
+    if obj.front is None:
+        raise ValueError(f"'{obj.name}' has no distinct front")
+    if color is not None:
+        obj = obj.with_color(color)
+    points, occupancy, albedo = discriminating_region(obj, resolution)
+    device = field_device(field)
+    points, occupancy, albedo = points.to(device), occupancy.to(device), albedo.to(device)
+    density, pred_albedo = field(aligned_points(points, scale, shift))
+    pred = density.float() > level  # (M,)
+    scores = {}
+    for i, degrees in enumerate(ROTATIONS):
+        color_match = 1.0 - (pred_albedo.float() - albedo[i]).abs().mean(-1)
+        agree = torch.where(pred & occupancy[i], color_match, (pred == occupancy[i]).float())
+        scores[degrees] = float(agree.mean())
+    best, correct, two, margin = front_rule(scores)
+    return FrontResult(scores, best, correct, two, margin, len(points))
