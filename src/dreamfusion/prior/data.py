@@ -1,10 +1,11 @@
 """Training data for the prior: a ring buffer of world renders, refreshed a block at a time.
 
-Rendering a whole batch every step would make the renderer, not the U-Net, set the pace; so each
-step renders one block of `fresh` new images into a pool of `size` images and the batch is drawn
-from the whole pool (each image is seen about batch / fresh times while it lives in the pool).
+Rendering a whole batch every step would make the renderer, not the U-Net, set the pace (and
+the GPU renderer is several times faster per image on large batches); so every `every` steps one
+block of `block` new images replaces the oldest block of a pool of `size` images, and each batch
+is drawn from the whole pool (an image is seen about batch * every / block times).
 Block k is always rendered from its own generator, seeded by (seed, k), and lives in slot
-k mod (size / fresh): so the pool before any step is a function of the step alone, and a resumed
+k mod (size / block): so the pool before any step is a function of the step alone, and a resumed
 run rebuilds exactly the pool the uninterrupted run had, without saving it.
 """
 
@@ -45,7 +46,8 @@ class WorldPool:
     def __init__(
         self,
         size: int,
-        fresh: int,
+        block: int,
+        every: int,
         tokenizer: Tokenizer,
         world: WorldConfig,
         seed: int,
@@ -53,11 +55,12 @@ class WorldPool:
         objects: Sequence[str] | None = None,
         colors: Sequence[str] | None = None,
     ) -> None:
-        if fresh <= 0 or size % fresh:
+        if block <= 0 or size % block or every <= 0:
             raise ValueError(
-                f"pool size {size} must be a positive multiple of the fresh images per step {fresh}"
+                f"pool size {size} must be a positive multiple of the render block {block}, "
+                f"rendered every {every} >= 1 steps"
             )
-        self.size, self.fresh, self.blocks = size, fresh, size // fresh
+        self.size, self.block, self.every, self.blocks = size, block, every, size // block
         self.tokenizer, self.world, self.seed, self.device = tokenizer, world, seed, device
         self.objects, self.colors = objects, colors
         res = world.camera.resolution
@@ -66,12 +69,13 @@ class WorldPool:
         self.camera = torch.empty(size, 7, device=device)  # (P, 7) camera_features
         self.mode = torch.empty(size, dtype=torch.long, device=device)  # (P,) index into SHADING_MODES
 
-    def render_block(self, block: int) -> None:
-        """Render block `block` into its slot."""
+    def render_block(self, k: int) -> None:
+        """Render block `k` into its slot."""
         images, captions, labels = sample_batch(
-            self.fresh, block_generator(self.seed, block), self.device, self.objects, self.colors, self.world
+            self.block, block_generator(self.seed, k), self.device, self.objects, self.colors, self.world
         )
-        rows = slice((block % self.blocks) * self.fresh, (block % self.blocks + 1) * self.fresh)
+        slot = k % self.blocks
+        rows = slice(slot * self.block, (slot + 1) * self.block)
         self.images[rows] = images * 2.0 - 1.0
         self.tokens[rows] = self.tokenizer.encode(captions).to(self.device)
         self.camera[rows] = camera_features(
@@ -80,14 +84,16 @@ class WorldPool:
         self.mode[rows] = labels["mode"]
 
     def fill(self, step: int) -> None:
-        """The pool as it stands before `step`: blocks step .. step + blocks - 1."""
-        for block in range(step, step + self.blocks):
-            self.render_block(block)
+        """The pool as it stands before `step`: blocks ceil(step / every) onwards, `blocks` of them."""
+        first = -(-step // self.every)
+        for k in range(first, first + self.blocks):
+            self.render_block(k)
 
     def advance(self, step: int) -> None:
-        """Before training step `step` (after fill(step)): replace the oldest block (block `step`) by
-        block step + blocks, so the pool then holds blocks step + 1 .. step + blocks."""
-        self.render_block(step + self.blocks)
+        """At training step `step`, if it is a multiple of `every`: replace the oldest block
+        (step / every) by block step / every + blocks."""
+        if step % self.every == 0:
+            self.render_block(step // self.every + self.blocks)
 
     def batch(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Images (B, 3, H, W), token ids (B, L), camera features (B, 7), shading modes (B,) at pool

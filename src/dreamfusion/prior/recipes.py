@@ -48,8 +48,11 @@ class PriorTrainConfig:
     """Decay of the exponential moving average of the weights (the EMA weights are the ones saved)."""
     pool_size: int = 8192
     """Rendered images kept on the device; batches are drawn from all of them."""
-    fresh_per_step: int = 64
-    """Images rendered into the pool per step (each is used about batch_size / fresh_per_step times)."""
+    render_batch: int = 256
+    """Images rendered into the pool at a time (the GPU renderer is faster per image in large batches)."""
+    render_every: int = 8
+    """Steps between two renders; each image is used about batch_size * render_every / render_batch
+    times (8 by default) while it is in the pool."""
     world_supersample: int = 2
     """Supersampling of the world renderer (anti-aliased silhouettes, like volume renders)."""
     world_march_steps: int = 64
@@ -128,7 +131,8 @@ def tiny() -> PriorRecipe:
         batch_size=8,
         optim=optim,
         pool_size=16,
-        fresh_per_step=4,
+        render_batch=4,
+        render_every=2,
         world_supersample=1,
         world_march_steps=24,
         dtype="float32",

@@ -135,7 +135,8 @@ class PriorTrainer:
         self.forward = torch.compile(self.model) if compile else self.model
         self.pool = WorldPool(
             tc.pool_size,
-            tc.fresh_per_step,
+            tc.render_batch,
+            tc.render_every,
             self.model.tokenizer,
             world_config(
                 recipe.model.unet.image_size,
