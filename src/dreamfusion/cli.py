@@ -172,6 +172,7 @@ def _export(args: argparse.Namespace, extra: list[str]) -> int:
     texture = f"{r.texture_size[0]}x{r.texture_size[1]} texture" if r.texture_size else "vertex colors"
     print(f"mesh:        {r.path} ({r.faces} faces, {r.vertices} vertices, {texture})")
     print(f"level:       {r.level.value:.4g} ({r.level.rule}), {r.floaters_removed} floaters removed")
+    print(f"watertight:  {'yes' if r.watertight else 'no (decimation pinched the surface; try --faces 0)'}")
     print(f"time:        {r.seconds:.1f} s")
     return 0
 

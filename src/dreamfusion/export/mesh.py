@@ -9,11 +9,29 @@ from skimage.measure import marching_cubes
 from dreamfusion.export.grid import DensityGrid
 
 
+def clean(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """Drop zero-area faces and every copy of a repeated face, then unused vertices.
+
+    Both appear where marching cubes or an edge collapse pinches the surface; a face pair that
+    repeats is a two-sided fin whose edges would be shared by four faces (not a manifold).
+    """
+    keep = mesh.nondegenerate_faces()
+    _, inverse, counts = np.unique(
+        np.sort(mesh.faces, axis=1), axis=0, return_inverse=True, return_counts=True
+    )
+    keep &= counts[inverse.reshape(-1)] == 1
+    out = mesh.copy()
+    out.update_faces(keep)
+    out.remove_unreferenced_vertices()
+    return out
+
+
 def extract_surface(grid: DensityGrid, level: float) -> trimesh.Trimesh:
     """The `level` iso-surface of the density, in world units (z up), normals pointing outward.
 
     The grid is padded with one layer of zero density so every surface closes, even where the
-    object touches the bounding cube: the result is watertight by construction.
+    object touches the bounding cube: the result is watertight by construction (up to the rare
+    pinched face that `clean` removes).
     """
     values = grid.values.detach().cpu().numpy()  # once per export, not a hot path
     if not float(values.min()) < level < float(values.max()):
@@ -26,29 +44,42 @@ def extract_surface(grid: DensityGrid, level: float) -> trimesh.Trimesh:
     # so normals point out and the signed volume is positive.
     vertices, faces, _, _ = marching_cubes(padded, level=level, gradient_direction="ascent")
     vertices = (vertices - 1.0) * grid.spacing - grid.bound  # undo the padding, index -> world
-    return trimesh.Trimesh(vertices=vertices, faces=faces, process=True)
+    # scikit-image already shares vertices between faces: no merge pass (slow on noisy fields).
+    return clean(trimesh.Trimesh(vertices=vertices, faces=faces, process=False))
 
 
 def remove_floaters(mesh: trimesh.Trimesh, keep_fraction: float) -> tuple[trimesh.Trimesh, int]:
     """Drop connected components with fewer than `keep_fraction` times the largest one's faces.
 
     Returns the cleaned mesh and how many components were dropped. The largest component is
-    always kept, so a non-empty mesh stays non-empty.
+    always kept, so a non-empty mesh stays non-empty. Components are labelled on the face
+    adjacency graph in one pass: a noisy field can hold thousands of them.
     """
-    parts = mesh.split(only_watertight=False)
-    if len(parts) <= 1:
+    labels = trimesh.graph.connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
+    sizes = np.bincount(labels)
+    if len(sizes) <= 1:
         return mesh, 0
-    largest = max(len(p.faces) for p in parts)
-    kept = [p for p in parts if len(p.faces) >= keep_fraction * largest]
-    return trimesh.util.concatenate(kept), len(parts) - len(kept)
+    kept = sizes >= keep_fraction * sizes.max()
+    out = mesh.copy()
+    out.update_faces(kept[labels])
+    out.remove_unreferenced_vertices()
+    return out, int((~kept).sum())
 
 
 def decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
-    """Quadric-error decimation down to about `max_faces` faces (fast-simplification through trimesh)."""
+    """Quadric-error decimation down to about `max_faces` faces (fast-simplification through trimesh).
+
+    An edge collapse now and then pinches two sheets together (a non-manifold edge). When the
+    input was watertight and the result is not, the decimation is redone at a gentler
+    aggression, which keeps the surface closed on every field tried.
+    """
     if max_faces <= 0 or len(mesh.faces) <= max_faces:
         return mesh
-    simplified = mesh.simplify_quadric_decimation(face_count=max_faces)
-    # Collapses can leave unreferenced vertices or flip a sliver; tidy so the result stays a clean manifold.
-    simplified.remove_unreferenced_vertices()
-    simplified.fix_normals()
-    return simplified
+    result = mesh
+    for aggression in (7, 2):
+        result = clean(mesh.simplify_quadric_decimation(face_count=max_faces, aggression=aggression))
+        if result.is_watertight or not mesh.is_watertight:
+            break
+    if not result.is_winding_consistent:
+        result.fix_normals()
+    return result
