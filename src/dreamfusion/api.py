@@ -142,6 +142,7 @@ def generate(
         from dreamfusion.viewer import Viewer
 
         viewer = Viewer(trainer.field, trainer.background, cfg, port=view_port, live=True, title=prompt)
+        print(f"viewer:      {viewer.url} (live while training)", flush=True)
     try:
         checkpoint = trainer.train()
     finally:

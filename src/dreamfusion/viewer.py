@@ -145,7 +145,13 @@ class Viewer:
 
     @property
     def port(self) -> int:
+        """The port in use (viser moves to the next free one when the requested one is taken)."""
         return self.server.get_port()
+
+    @property
+    def url(self) -> str:
+        host = self.server.get_host()
+        return f"http://{'localhost' if host in ('0.0.0.0', '127.0.0.1') else host}:{self.port}"
 
     def _on_connect(self, client) -> None:
         # Until the browser reports its camera, viser holds a placeholder pose: render only after.
@@ -264,10 +270,7 @@ def serve_run(
         run.field, run.background, run.config, shown, host=host, port=port, render_height=height,
         title=run.prompt, show=show,
     )  # fmt: skip
-    print(
-        f"viewer: http://{'localhost' if host in ('0.0.0.0', '127.0.0.1') else host}:{viewer.port}",
-        flush=True,
-    )
+    print(f"viewer: {viewer.url}", flush=True)
     if block:
         try:
             while True:
