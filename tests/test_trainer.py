@@ -157,3 +157,25 @@ def test_micro_batches_give_the_whole_batch_gradient(tmp_path):
         assert len(other) == len(grads[0])
         for a, b in zip(grads[0], other):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+class _Recorder(_Quadratic):
+    def __init__(self):
+        self.images = []
+
+    def sds_loss(self, images, *args, **kwargs):
+        self.images.append(images.detach().clone())
+        return super().sds_loss(images, *args, **kwargs)
+
+
+def test_random_background_gives_each_view_its_own_color(tmp_path):
+    cfg = tiny_config(steps=2, batch_size=3)
+    cfg = dataclasses.replace(cfg, background=dataclasses.replace(cfg.background, kind="random"))
+    recorder = _Recorder()
+    trainer = Trainer("a red sphere", cfg, tmp_path / "run", recorder)
+    trainer.train_step()
+    trainer.train_step()
+    corners = torch.cat([img[:, :, 0, 0] for img in recorder.images])  # (6, 3): rays that miss the field
+    assert corners.min() >= 0.0 and corners.max() <= 1.0
+    assert torch.cdist(corners, corners).add(torch.eye(6)).min() > 1e-3  # all six colors differ
+    assert not torch.allclose(corners, torch.ones_like(corners))  # not the preview color (white)

@@ -33,11 +33,13 @@ from dreamfusion.checkpoint import (
 from dreamfusion.config import Config, to_dict
 from dreamfusion.errors import UserError
 from dreamfusion.fields import build_background, build_field
+from dreamfusion.fields.background import ConstantBackground
 from dreamfusion.guidance.base import Guidance
 from dreamfusion.optim import build_optimizer, lr_factor, set_lr
 from dreamfusion.prompts import view_index, view_prompts
 from dreamfusion.regularizers import opacity_loss, orientation_loss, ramp
 from dreamfusion.renderer import render, render_views
+from dreamfusion.rendering import composite
 from dreamfusion.run_dir import RunDir, save_image_grid
 from dreamfusion.shading import choose_shading
 
@@ -126,6 +128,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # parameter initialization only
         self.field = build_field(cfg.field).to(self.device)
         self.background = build_background(cfg.background).to(self.device)
+        self._black = ConstantBackground((0.0, 0.0, 0.0))
         self.optimizer = build_optimizer(self.field, self.background, cfg.optim)
         self.cpu_gen = torch.Generator().manual_seed(cfg.train.seed)
         self.device_gen = torch.Generator(self.device).manual_seed(cfg.train.seed + 1)
@@ -161,7 +164,7 @@ class Trainer:
             with timer("render"), self._autocast():
                 out = render(
                     self.field,
-                    self.background,
+                    self._black if cfg.background.kind == "random" else self.background,
                     part,
                     shading,
                     cfg.render,
@@ -169,9 +172,13 @@ class Trainer:
                     generator=self.device_gen,
                     compute_normals=need_normals,
                 )
+            image = out.image.float()  # (b, 3, H, W)
+            if cfg.background.kind == "random":
+                colors = torch.rand(len(part), 3, 1, 1, generator=self.cpu_gen).to(self.device)
+                image = composite(image, out.alpha.float(), colors)  # over black, image is premultiplied
             with timer("guidance"):
                 sds = self.guidance.sds_loss(
-                    out.image.float(),
+                    image,
                     self.embeddings,
                     prompt_index[start : start + micro],
                     part,

@@ -33,9 +33,12 @@ def build_field(cfg: FieldConfig) -> nn.Module:
 
 
 def build_background(cfg: BackgroundConfig) -> nn.Module:
-    """The background named by `cfg.kind`: 'envmap' (trainable) or 'constant' (`cfg.color`)."""
+    """The background named by `cfg.kind`: 'envmap' (trainable) or 'constant' (`cfg.color`).
+
+    'random' also gives the constant `cfg.color`: the trainer draws the per-view colors itself
+    (from its seeded generator) and composites them; previews and exports see `cfg.color`."""
     if cfg.kind == "envmap":
         return EnvMapBackground(cfg)
-    if cfg.kind == "constant":
+    if cfg.kind in ("constant", "random"):
         return ConstantBackground(cfg.color)
-    raise ValueError(f"unknown background kind '{cfg.kind}' (use one of: envmap, constant)")
+    raise ValueError(f"unknown background kind '{cfg.kind}' (use one of: envmap, constant, random)")
