@@ -135,7 +135,7 @@ class _Quadratic:
     def embed(self, prompts):
         return None
 
-    def sds_loss(self, images, embeddings, prompt_index, cameras, generator, progress):
+    def sds_loss(self, images, embeddings, prompt_index, cameras, generator, progress, shading=None):
         loss = ((images - 0.3) ** 2).mean(dim=(1, 2, 3)).mean()
         return SDSOutput(loss=loss, timesteps=torch.zeros(len(images)), grad_norm=loss.detach())
 

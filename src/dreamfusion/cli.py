@@ -1,7 +1,8 @@
 """The `dreamfusion` command.
 
     dreamfusion generate PROMPT [--out DIR] [--preset NAME] [--seed N] [--steps N]
-                                [--guidance NAME] [--device cpu|cuda] [--resume] [--section.field VALUE ...]
+                                [--guidance NAME] [--model ID_OR_DIR] [--device cpu|cuda] [--resume]
+                                [--section.field VALUE ...]
                                 [--no-mesh] [--no-video] [--view] [--port N]
     dreamfusion presets
     dreamfusion config [--preset NAME] [--section.field VALUE ...]
@@ -22,6 +23,7 @@ docstrings become the help (`dreamfusion config --preset cpu --help`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -47,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=int, default=None, help="optimization steps (default: the preset's)")
     gen.add_argument("--guidance", default=None, help="guidance backend (default: the preset's)")
     gen.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
+    gen.add_argument("--model", default=None, help="hub id or local folder of the guidance model's weights")
     gen.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.add_argument("--no-mesh", action="store_true", help="do not export RUN/mesh.glb at the end")
@@ -125,6 +128,8 @@ def _generate(args: argparse.Namespace, extra: list[str]) -> int:
 
     cfg = resolve_config(args.preset, args.steps, args.seed, args.guidance, args.device)
     cfg = _apply_overrides(cfg, extra, "dreamfusion generate PROMPT")
+    if args.model is not None:
+        cfg = dataclasses.replace(cfg, guidance=dataclasses.replace(cfg.guidance, model=args.model))
     result = generate(
         args.prompt, out=args.out, resume=args.resume, config=cfg, progress=not args.quiet,
         export_mesh=not args.no_mesh, turntable=not args.no_video, view=args.view, view_port=args.port,

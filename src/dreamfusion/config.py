@@ -172,6 +172,9 @@ class GuidanceConfig:
     """Guidance backend; see `dreamfusion generate --help` for the list."""
     model: str | None = None
     """Hub id or local folder of the backend's weights (backends that need one)."""
+    shading_aware: bool = True
+    """bundled: tell the prior how each render was shaded (albedo, lit, textureless) rather than
+    "any shading"; without it, textureless-looking white objects also satisfy a color prompt."""
     target_shape: Literal["sphere"] = "sphere"
     """closed-form: the known object whose renders are the data distribution."""
     target_radius: float = 0.45

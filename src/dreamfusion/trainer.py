@@ -184,6 +184,7 @@ class Trainer:
                     part,
                     self.device_gen,
                     self.step / cfg.train.steps,
+                    shading=shading,
                 )
             loss = sds.loss + opacity_w * opacity_loss(out.alpha)
             orient = torch.zeros((), device=self.device)

@@ -41,6 +41,7 @@ class Guidance(Protocol):
         cameras: Cameras,
         generator: torch.Generator,
         progress: float,  # fraction of training done, in [0, 1]
+        shading: str | None = None,  # how the images were shaded (albedo, lambertian, textureless)
     ) -> SDSOutput:
         """The SDS loss for the batch, computed by `dreamfusion.sds`."""
         ...

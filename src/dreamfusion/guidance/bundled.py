@@ -31,6 +31,7 @@ from dreamfusion.guidance.unet_sds import annealed_t_range
 from dreamfusion.prior.model import PriorModel, expected_sha256, load_prior, sha256_sidecar
 from dreamfusion.prior.text import TextStates
 from dreamfusion.prior.unet import camera_features
+from dreamfusion.shading import SHADING_MODES
 from dreamfusion.weights import PRIOR_PATH
 
 
@@ -48,8 +49,11 @@ class BundledEmbeddings:
 class BundledGuidance:
     """The Guidance protocol around a PriorModel."""
 
-    def __init__(self, model: PriorModel, sds_cfg: SDSConfig, dtype: str = "auto") -> None:
+    def __init__(
+        self, model: PriorModel, sds_cfg: SDSConfig, dtype: str = "auto", shading_aware: bool = True
+    ) -> None:
         self.model = model.eval().requires_grad_(False)
+        self.shading_aware = shading_aware
         self.sds_cfg = sds_cfg
         # The model is small: float32 by default; bfloat16/float16 run it under autocast on CUDA.
         self.autocast_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
@@ -78,6 +82,7 @@ class BundledGuidance:
         cameras: Cameras,
         generator: torch.Generator,
         progress: float,
+        shading: str | None = None,
     ) -> SDSOutput:
         """SDS of the renders under the prior. Renders of another size are resized to the model's
         (with gradient); x = 2 images - 1, so d loss / d images is twice the gradient in x."""
@@ -101,10 +106,16 @@ class BundledGuidance:
             cameras.elevation, cameras.azimuth, cameras.distance, cameras.focal / cameras.width
         )
         camera = torch.cat([camera, camera])  # (2B, 7): the unconditional branch sees the camera too
+        # The prior was trained knowing each image's shading (or not, 30% of the time). Telling it
+        # the render's shading lets an albedo render be judged as a colored object and a
+        # textureless one as bare geometry; otherwise "a red sphere" also admits white renders.
+        mode = None
+        if self.shading_aware and shading is not None:
+            mode = torch.full((2 * B,), SHADING_MODES.index(shading), device=device, dtype=torch.long)
 
         def denoise(z_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
             with self._autocast(device):
-                eps = model.eps(torch.cat([z_t, z_t]), torch.cat([t, t]), both, camera)
+                eps = model.eps(torch.cat([z_t, z_t]), torch.cat([t, t]), both, camera, mode)
             eps_uncond, eps_cond = eps.to(z_t.dtype).chunk(2)
             return eps_uncond, eps_cond
 
@@ -135,4 +146,4 @@ def load_bundled(cfg: GuidanceConfig, sds_cfg: SDSConfig, device: torch.device) 
                 f"the bundled prior's checksum file {sha256_sidecar(path)} is missing; reinstall the package"
             )
     model = load_prior(path, device)
-    return BundledGuidance(model, sds_cfg, cfg.dtype)
+    return BundledGuidance(model, sds_cfg, cfg.dtype, cfg.shading_aware)

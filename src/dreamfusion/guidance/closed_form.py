@@ -150,6 +150,7 @@ class ClosedFormGuidance:
         cameras: Cameras,
         generator: torch.Generator,
         progress: float,  # unused: this prior does not change over training
+        shading: str | None = None,  # unused: this prior judges any shading alike
     ) -> SDSOutput:
         """SDS of the renders against the exact prior. Images are mapped to x = 2 images - 1, so the
         gradient with respect to `images` is 2 w(t) (eps_hat - eps) / B."""

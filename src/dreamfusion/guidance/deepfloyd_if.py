@@ -87,6 +87,7 @@ class DeepFloydIFGuidance:
         cameras: Cameras,
         generator: torch.Generator,
         progress: float,
+        shading: str | None = None,  # unused: this prior judges any shading alike
     ) -> SDSOutput:
         """SDS on x = 2 images - 1 at the U-Net's size; gradient w.r.t. x is w (eps_hat - eps) / B."""
         check_images(images)

@@ -109,6 +109,7 @@ class StableDiffusionGuidance:
         cameras: Cameras,
         generator: torch.Generator,
         progress: float,
+        shading: str | None = None,  # unused: this prior judges any shading alike
     ) -> SDSOutput:
         """SDS on the latent; its gradient reaches `images` through the VAE encoder."""
         check_images(images)
