@@ -168,7 +168,7 @@ class SDSConfig:
 class GuidanceConfig:
     """Which frozen text-to-image prior scores the renders."""
 
-    name: str = "closed-form"
+    name: str = "bundled"
     """Guidance backend; see `dreamfusion generate --help` for the list."""
     model: str | None = None
     """Hub id or local folder of the backend's weights (backends that need one)."""
