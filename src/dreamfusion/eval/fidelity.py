@@ -10,7 +10,6 @@ import torch
 from dreamfusion.checkpoint import load_checkpoint
 from dreamfusion.eval.front import front_consistency
 from dreamfusion.eval.geometry import (
-    DENSITY_LEVEL,
     aligned_iou,
     density_grid,
     identify_shape,
@@ -32,16 +31,28 @@ def initial_field(config, device: torch.device | str = "cpu") -> torch.nn.Module
     return field.to(device).eval()
 
 
+def render_level(field: Field, resolution: int = 128) -> float:
+    """The density at which rays through the field turn half opaque (export.grid.auto_level): the
+    surface a render of this field shows, whatever the field's overall density scale."""
+    from dreamfusion.export.grid import auto_level, sample_density
+
+    return float(auto_level(sample_density(field, resolution)).value)
+
+
 def evaluate_field(
     field: Field,
     object_name: str,
     color_name: str,
     resolution: int = 64,
-    level: float = DENSITY_LEVEL,
+    level: float | str = "auto",
     mesh: bool = True,
     mesh_resolution: int = 128,
 ) -> dict:
-    """Geometry, color, shape identity, Chamfer distance and (for fronted objects) the front of one field."""
+    """Geometry, color, shape identity, Chamfer distance and (for fronted objects) the front of one field.
+
+    `level` "auto" puts the surface where renders put it (the export's transmittance rule, per
+    field); a number fixes it (DENSITY_LEVEL is the fixed world-unit choice)."""
+    level = render_level(field) if level == "auto" else float(level)
     if object_name not in OBJECTS:
         raise KeyError(f"unknown object '{object_name}' (known: {', '.join(OBJECTS)})")
     if color_name not in COLORS:
@@ -112,7 +123,7 @@ def evaluate_run(
     color_name: str,
     device: str | torch.device = "cpu",
     resolution: int = 64,
-    level: float = DENSITY_LEVEL,
+    level: float | str = "auto",
     mesh: bool = True,
 ) -> dict:
     """Every metric of a finished run (its newest checkpoint) against `object_name` painted `color_name`.
@@ -127,6 +138,7 @@ def evaluate_run(
     init = initial_field(run.config, device)
     bound = float(init.bound_radius)
     init_density = density_grid(init, resolution, bound)
+    init_level = render_level(init) if level == "auto" else float(level)
     truth = truth_grid(object_name, resolution, bound, init_density.device)
     meta = load_checkpoint(run.checkpoint_path).meta
     result.update(
@@ -134,8 +146,9 @@ def evaluate_run(
         run_dir=str(run.run_dir),
         steps=run.step,
         train_seconds=float(meta.get("elapsed_s", float("nan"))),
-        initial_iou=iou(init_density > level, truth),
-        initial_scaled_iou=aligned_iou(init_density, bound, object_name, level).iou,
+        initial_level=init_level,
+        initial_iou=iou(init_density > init_level, truth),
+        initial_scaled_iou=aligned_iou(init_density, bound, object_name, init_level).iou,
         initial_max_density=float(init_density.max()),
         field=run.config.field.kind,
         eval_seconds=time.perf_counter() - start,
