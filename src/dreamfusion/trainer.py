@@ -125,9 +125,10 @@ class Trainer:
             raise UserError(str(e)) from None
         self.run.prepare(self.prompt, to_dict(cfg), resume)
 
-        torch.manual_seed(cfg.train.seed)  # parameter initialization only
-        self.field = build_field(cfg.field).to(self.device)
-        self.background = build_background(cfg.background).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # seed the initialization without touching the caller's RNG
+            torch.manual_seed(cfg.train.seed)
+            self.field = build_field(cfg.field).to(self.device)
+            self.background = build_background(cfg.background).to(self.device)
         self._black = ConstantBackground((0.0, 0.0, 0.0))
         self.optimizer = build_optimizer(self.field, self.background, cfg.optim)
         self.cpu_gen = torch.Generator().manual_seed(cfg.train.seed)
