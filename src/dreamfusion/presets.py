@@ -22,13 +22,14 @@ from dreamfusion.config import (
 
 def _bundled_world(cfg: Config) -> Config:
     """Distill from the bundled prior under the camera range it was trained on (views from below
-    included, with their "bottom view" suffix), over random solid backgrounds."""
+    included, with their "bottom view" suffix), over random solid backgrounds, at CFG 7.5."""
     return dataclasses.replace(
         cfg,
         camera=dataclasses.replace(cfg.camera, elevation_range=(-45.0, 90.0), bottom_view_below=-20.0),
         background=dataclasses.replace(cfg.background, kind="random"),
         guidance=dataclasses.replace(cfg.guidance, name="bundled"),
-        sds=dataclasses.replace(cfg.sds, guidance_scale=20.0),
+        # CFG 7.5 beat 20 and 5 in 400-step CPU runs (sphere IoU 0.55 vs 0.50; torus 0.19 vs fog).
+        sds=dataclasses.replace(cfg.sds, guidance_scale=7.5),
     )
 
 
