@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 
 from dreamfusion.api import resolve_config
 from dreamfusion.config import Config, GuidanceConfig
+from dreamfusion.provenance import git_commit, machine_info
 from dreamfusion.trainer import Trainer
 
 # SD 2.1-base (stable-diffusion-2-1-base/unet and /vae config.json): 866M-parameter U-Net on 64x64x4
@@ -298,18 +298,10 @@ def bench(backend: str, variant: str, args: argparse.Namespace, device: torch.de
     }
 
 
-def machine() -> dict[str, Any]:
+def _machine() -> dict[str, Any]:
     import diffusers
 
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
+    return machine_info(diffusers=diffusers.__version__)
 
 
 def main() -> None:
@@ -342,7 +334,13 @@ def main() -> None:
     for backend in args.backends:
         for variant in args.variants:
             rows.append(bench(backend, variant, args, device))
-    report = {"machine": machine(), "steps": args.steps, "warmup": args.warmup, "results": rows}
+    report = {
+        "machine": _machine(),
+        "commit": git_commit(),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "results": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from dreamfusion.eval.classifier import TEXTURELESS, WEIGHTS, classify, load_classifier
 from dreamfusion.prior.model import load_prior
 from dreamfusion.prior.sample import sample_prompts, save_grid
+from dreamfusion.provenance import git_commit
 from dreamfusion.weights import PRIOR_PATH
 from dreamfusion.world import COLOR_NAMES, SHAPE_NAMES, WORLD_VIEWS, caption, with_view
 
@@ -96,16 +96,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -152,7 +142,7 @@ def main() -> None:
     device = torch.cuda.get_device_name() if torch.device(args.device).type == "cuda" else platform.machine()
     report = {
         "command": "python benchmarks/prior_quality.py " + " ".join(_argv()),
-        "commit": _commit(),
+        "commit": git_commit(),
         "device": device,
         "seconds": time.perf_counter() - start,
         "weights": str(args.weights),

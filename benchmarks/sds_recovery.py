@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import dreamfusion
 from dreamfusion.errors import UserError
 from dreamfusion.eval.fidelity import evaluate_run
 from dreamfusion.loading import find_checkpoint
+from dreamfusion.provenance import git_commit
 from dreamfusion.world import caption
 
 DEFAULT_RUNS = (
@@ -108,16 +108,6 @@ def summarize(runs: list[dict]) -> dict:
     }
 
 
-def _commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -173,7 +163,7 @@ def main() -> None:
     device = torch.cuda.get_device_name() if torch.device(args.device).type == "cuda" else platform.machine()
     report = {
         "command": "python benchmarks/sds_recovery.py " + " ".join(sys.argv[1:]),
-        "commit": _commit(),
+        "commit": git_commit(),
         "device": device,
         "preset": args.preset,
         "guidance": args.guidance,

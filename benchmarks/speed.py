@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from dreamfusion.api import GUIDANCE_BACKENDS, resolve_config
+from dreamfusion.provenance import git_commit, machine_info
 from dreamfusion.trainer import Trainer
 
 PHASES = ("render", "guidance", "backward", "optimizer")
@@ -70,18 +70,6 @@ def bench(preset: str, steps: int, warmup: int, device: str, guidance: str | Non
     }
 
 
-def machine() -> dict:
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_threads": torch.get_num_threads(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -95,7 +83,7 @@ def main() -> None:
     args = parser.parse_args()
 
     rows = [bench(p, args.steps, args.warmup, args.device, args.guidance) for p in args.presets]
-    report = {"machine": machine(), "steps": args.steps, "results": rows}
+    report = {"machine": machine_info(), "commit": git_commit(), "steps": args.steps, "results": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
 
