@@ -194,7 +194,9 @@ def test_tensorboard_without_the_package(tmp_path, capsys):
 def test_model_flag_reaches_the_guidance_backend(tmp_path, capsys):
     out = tmp_path / "run"
     missing = tmp_path / "nowhere.safetensors"
-    code = main(["generate", "a red cube", "--guidance", "bundled", "--model", str(missing), "--out", str(out)])
+    code = main(
+        ["generate", "a red cube", "--guidance", "bundled", "--model", str(missing), "--out", str(out)]
+    )
     assert code != 0
     assert str(missing) in _error_line(capsys)
     assert not out.exists()
