@@ -337,3 +337,31 @@ def test_fit_minutes_sets_the_run_length(tmp_path, monkeypatch):
     assert 4 < trainer.step == trainer.cfg.steps < 10_000
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["config"]["train"]["steps"]
     assert saved == trainer.step
+
+
+def test_init_starts_from_given_weights_and_resume_keeps_parameter_layout(tmp_path):
+    from dreamfusion.cli import main
+
+    first = PriorTrainer(tiny_recipe(2, channels_last=True), tmp_path / "first")
+    weights = first.train()
+    tuned = PriorTrainer(tiny_recipe(2, init=str(weights)), tmp_path / "tuned")
+    start = load_prior(weights).state_dict()
+    for name, param in tuned.model.named_parameters():
+        assert torch.equal(param.detach(), start[name]), name  # the model and its EMA begin there
+        assert torch.equal(tuned.ema[name], start[name]), name
+    fresh = PriorTrainer(tiny_recipe(2), tmp_path / "fresh")
+    assert any(not torch.equal(p, fresh.ema[n]) for n, p in tuned.ema.items())
+
+    # A resumed optimizer's moments take their parameters' strides (channels_last convolutions):
+    # CUDA's fused AdamW refuses mixed layouts.
+    resumed = PriorTrainer(tiny_recipe(4, channels_last=True), tmp_path / "first", resume=True)
+    for param, state in resumed.optimizer.state.items():
+        for value in state.values():
+            if torch.is_tensor(value) and value.shape == param.shape:
+                assert value.stride() == param.stride()
+    assert any(p.dim() == 4 and not p.is_contiguous() for p in resumed.optimizer.state)
+
+    out = tmp_path / "bad"
+    missing = str(tmp_path / "none")
+    assert main(["prior", "train", "--preset", "tiny", "--out", str(out), "--init", missing]) != 0
+    assert main(["prior", "train", "--preset", "tiny", "--out", str(out), "--lr", "-1", "--quiet"]) != 0

@@ -35,6 +35,14 @@ def add_parsers(sub) -> None:
     train.add_argument("--device", default=None, help="cpu or cuda (default: the preset's; bundled: cuda)")
     train.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's)")
     train.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from these prior weights (e.g. the packaged src/dreamfusion/weights/prior.safetensors) "
+        "and train on with a fresh schedule; fresh runs only",
+    )
+    train.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
+    train.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
     )
     train.add_argument(
@@ -95,11 +103,22 @@ def _train(args: argparse.Namespace) -> int:
                 f"unknown prior preset '{args.preset}'; choose one of: {', '.join(PRIOR_PRESETS)}"
             )
         recipe = PRIOR_PRESETS[args.preset]()
+    if args.init is not None and args.resume:
+        raise UserError(
+            "--init starts a fresh run from given weights; a resumed run continues its own (drop one)"
+        )
+    if args.init is not None and not args.init.is_file():
+        raise UserError(f"--init: no prior weights file at {args.init}")
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "device": args.device, "seed": args.seed}
+    overrides["init"] = str(args.init) if args.init is not None else None
     for name, value in overrides.items():
         if value is not None and name in ("steps", "batch_size") and value <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive (got {value})")
+    if args.lr is not None and args.lr <= 0:
+        raise UserError(f"--lr must be positive (got {args.lr})")
     train = dataclasses.replace(recipe.train, **{k: v for k, v in overrides.items() if v is not None})
+    if args.lr is not None:
+        train = dataclasses.replace(train, optim=dataclasses.replace(train.optim, lr=args.lr))
     if args.quiet:
         train = dataclasses.replace(train, progress=False)
     recipe = dataclasses.replace(recipe, train=train)

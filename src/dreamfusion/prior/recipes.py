@@ -66,6 +66,9 @@ class PriorTrainConfig:
     """Colors to train on (None: all of the world's)."""
     seed: int = 0
     """Seed of initialization, renders, batches, timesteps and noise."""
+    init: str | None = None
+    """Start from these prior weights (model and EMA) instead of a random initialization: fine-tuning
+    the shipped prior with a fresh schedule. Their architecture must equal the recipe's."""
     device: str = "cpu"
     """cpu or cuda (or cuda:N)."""
     dtype: Literal["float32", "bfloat16"] = "bfloat16"

@@ -128,6 +128,8 @@ class PriorTrainer:
         self.model = PriorModel(recipe.model).to(self.device)
         if tc.channels_last:
             self.model.unet.to(memory_format=torch.channels_last)
+        if tc.init and not resume:
+            self._load_init(Path(tc.init), recipe)
         self.ema = {n: p.detach().clone() for n, p in self.model.named_parameters()}
         self.optimizer = build_optimizer(self.model, tc.optim, fused=self.device.type == "cuda")
         self.gen = torch.Generator(self.device).manual_seed(tc.seed + 1)
@@ -325,6 +327,22 @@ class PriorTrainer:
         save_prior(self.model, self.run.path / "prior.safetensors", state=self._ema_state())
         return path
 
+    def _load_init(self, path: Path, recipe: PriorRecipe) -> None:
+        from dreamfusion.prior.model import PriorFileError, load_prior
+
+        try:
+            start = load_prior(path)
+        except PriorFileError as e:
+            raise UserError(f"--init: {e}") from None
+        if start.cfg.to_dict() != recipe.model.to_dict():
+            raise UserError(
+                f"--init: {path} holds a prior of another architecture than this recipe's; "
+                "start from weights trained with the same --preset"
+            )
+        with torch.no_grad():
+            for name, param in self.model.named_parameters():
+                param.copy_(start.state_dict()[name])
+
     def _ema_state(self) -> dict[str, torch.Tensor]:
         return {**self.model.state_dict(), **self.ema}
 
@@ -340,6 +358,7 @@ class PriorTrainer:
                 raise KeyError("EMA weights do not match the model")
             self.ema = {k: ema[k].to(self.device) for k in self.ema}
             self.optimizer.load_state_dict(unflatten_optimizer(ckpt.section("optim"), ckpt.meta["optim"]))
+            match_parameter_layout(self.optimizer)
             self.gen.set_state(ckpt.tensors["rng.device"])
         except CheckpointError as e:
             raise UserError(f"cannot resume: {e}") from None
@@ -351,6 +370,19 @@ class PriorTrainer:
         self.step = ckpt.step
         self.elapsed = float(ckpt.meta.get("elapsed_s", 0.0))
         self.run.truncate_metrics(self.step)
+
+
+def match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter optimizer tensor its parameter's strides.
+
+    Checkpoints store tensors contiguous, so the moments of a channels_last convolution come back
+    in the default layout, which CUDA's fused AdamW refuses ("must have same dtype, device, and
+    layout"). Values are unchanged.
+    """
+    for param, state in optimizer.state.items():
+        for name, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def _sync(device: torch.device) -> None:
