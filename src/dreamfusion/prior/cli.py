@@ -128,7 +128,7 @@ def _train(args: argparse.Namespace) -> int:
             "--fit-minutes sets the length of a fresh run; a resumed run keeps its own (--steps changes it)"
         )
     path = trainer.train(max_minutes=args.max_minutes, fit_minutes=args.fit_minutes)
-    print(f"weights:     {path} (step {trainer.step}/{recipe.train.steps}, EMA, float16)")
+    print(f"weights:     {path} (step {trainer.step}/{trainer.cfg.steps}, EMA, float16)")
     print(f"metrics:     {trainer.run.metrics_file}")
     if (args.out / "samples.png").is_file():
         print(f"samples:     {args.out / 'samples.png'}")
