@@ -14,6 +14,8 @@
     dreamfusion prior train --out DIR [--preset tiny|bundled] [--steps N] [--batch-size N] [--device cuda]
                             [--resume] [--max-minutes M]
     dreamfusion prior sample PROMPT [-n 16] [--out grid.png] [--model PATH] [--steps 50] [--guidance-scale S]
+    dreamfusion bench fidelity [--out DIR] [--preset NAME] [--only OBJECT ...] [--seeds N ...] [--limit N]
+                               [--steps N] [--checkpoint-every N] [--guidance NAME] [--device cpu|cuda]
 
 The common flags are plain argparse; every other config field (`--optim.lr 1e-3`,
 `--camera.resolution 96`, ...) is parsed by tyro against the chosen preset, whose dataclass
@@ -65,7 +67,39 @@ def _parser() -> argparse.ArgumentParser:
     from dreamfusion.prior.cli import add_parsers as _prior_parsers  # argparse only; no torch import
 
     _prior_parsers(sub)
+    _bench_parser(sub)
     return parser
+
+
+def _bench_parser(sub) -> None:
+    """bench fidelity: the known-truth benchmark of docs/evaluation.md."""
+    bench = sub.add_parser("bench", help="benchmarks against the world's ground truth")
+    which = bench.add_subparsers(dest="bench", required=True)
+    fid = which.add_parser(
+        "fidelity",
+        help="train a fixed prompt set of world objects and score every result against its truth",
+        description="Train every prompt x seed of a versioned prompt set, score each run against the "
+        "world's ground truth (IoUs, Chamfer, color, shape, front, IoU against time) and write "
+        "OUT/fidelity.json, OUT/fidelity.md and OUT/contact_sheet.png. Resumes: finished runs are not "
+        "trained again. Config fields can be set too, e.g. --render.samples-per-ray 32.",
+    )
+    fid.add_argument("--out", type=Path, default=Path("outputs/fidelity"), help="(default outputs/fidelity)")
+    fid.add_argument("--prompt-set", default="fidelity-v1", help="packaged set or .json file (fidelity-v1)")
+    fid.add_argument("--preset", default="default", help="smoke | cpu | default | paper (default: default)")
+    fid.add_argument("--guidance", default="bundled", help="guidance backend (default: bundled)")
+    fid.add_argument("--only", nargs="+", default=[], metavar="OBJECT", help="only these objects")
+    fid.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the set's)")
+    fid.add_argument("--limit", type=int, default=None, help="at most N runs (seed by seed)")
+    fid.add_argument("--steps", type=int, default=None, help="optimization steps (default: the preset's)")
+    fid.add_argument("--checkpoint-every", type=int, default=None,
+                     help="checkpoint (and time-to-quality point) every N steps (default: the preset's)")
+    fid.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
+    fid.add_argument("--resolution", type=int, default=64, help="grid of the IoUs, per axis (default 64)")
+    fid.add_argument("--frame-size", type=int, default=96, help="contact-sheet frame side (default 96)")
+    fid.add_argument("--no-mesh", action="store_true", help="skip the mesh and its Chamfer distance")
+    fid.add_argument("--keep-checkpoints", action="store_true",
+                     help="keep every checkpoint of a scored run (default: only the newest)")
+    fid.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _asset_parsers(sub) -> None:
@@ -221,6 +255,43 @@ def _device(name: str):
     return resolve_device(name)
 
 
+def _bench(args: argparse.Namespace, extra: list[str]) -> int:
+    import torch
+
+    from dreamfusion.api import resolve_config
+    from dreamfusion.eval.bench import BenchOptions, run_benchmark
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = resolve_config(args.preset, args.steps, None, args.guidance, device)
+    cfg = _apply_overrides(cfg, extra, "dreamfusion bench fidelity")
+    train = cfg.train
+    if args.checkpoint_every is not None:
+        train = dataclasses.replace(train, checkpoint_every=args.checkpoint_every)
+    if args.quiet:
+        train = dataclasses.replace(train, progress=False)
+    options = BenchOptions(
+        config=dataclasses.replace(cfg, train=train),
+        out=args.out,
+        preset=args.preset,
+        overrides=tuple(extra),
+        prompt_set=args.prompt_set,
+        only=tuple(args.only),
+        seeds=None if args.seeds is None else tuple(args.seeds),
+        limit=args.limit,
+        resolution=args.resolution,
+        mesh=not args.no_mesh,
+        frame_size=args.frame_size,
+        keep_checkpoints=args.keep_checkpoints,
+    )
+    report = run_benchmark(options, log=lambda line: print(line, flush=True))
+    print(f"report:      {args.out / 'fidelity.md'} ({report['runs_done']} runs)")
+    for target in report["summary"]["targets"]:
+        met = {True: "met", False: "NOT met", None: "-"}[target["met"]]
+        value = f"{target['value']:.3f}" if isinstance(target["value"], float) else target["value"]
+        print(f"target:      {target['target']}: {value if value is not None else '-'} ({met})")
+    return 0
+
+
 def _prior(args: argparse.Namespace, extra: list[str]) -> int:
     from dreamfusion.prior.cli import run
 
@@ -228,7 +299,7 @@ def _prior(args: argparse.Namespace, extra: list[str]) -> int:
     return run(args)
 
 
-COMMANDS = {"export": _export, "render": _render, "view": _view, "prior": _prior}
+COMMANDS = {"export": _export, "render": _render, "view": _view, "prior": _prior, "bench": _bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,339 @@
+"""The fidelity benchmark's report: every number as JSON, a markdown summary against the targets,
+and a contact sheet (turntable views of each result beside the same views of its ground truth)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from dreamfusion.checkpoint import atomic_write
+from dreamfusion.config import to_dict
+from dreamfusion.provenance import git_commit, machine_info
+from dreamfusion.world import PRIMITIVES
+
+PRIMITIVE_MEAN_IOU = 0.75
+"""Target: mean IoU at true scale over the primitive runs."""
+FRONT_RIGHT_SHARE = 0.9
+"""Target: share of the runs of fronted composites whose front is where it should be."""
+
+VIEWS = ("front", "left", "back", "right")
+"""Contact-sheet views: a 4-frame turntable starts at azimuth 0, the +x side where fronts face."""
+SHEET_BACKGROUND = (0.6, 0.6, 0.6)
+"""Mid grey behind results and truths alike: white and black objects both stand out."""
+GAP = 8
+LABEL_WIDTH = 230
+
+
+# ----------------------------------------------------------------------------------- numbers
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _group(records: list[dict]) -> dict:
+    ious = [r["iou"] for r in records]
+    return {
+        "runs": len(records),
+        "mean_iou": _mean(ious),
+        "min_iou": min(ious) if ious else None,
+        "mean_scaled_iou": _mean(r["scaled_iou"] for r in records),
+        "mean_initial_iou": _mean(r["initial_iou"] for r in records),
+        "mean_chamfer": _mean(r.get("chamfer") for r in records),
+        "mean_color_error": _mean(r["color_error"] for r in records),
+    }
+
+
+def summarize(records: list[dict]) -> dict:
+    """Means per group (primitives, composites, all), counts, and each target with whether it is met."""
+    primitives = [r for r in records if r["object"] in PRIMITIVES]
+    fronted = [r for r in records if "front_correct" in r]
+    n = len(records)
+    shapes = sum(r["shape_correct"] for r in records)
+    colors = sum(r["color_correct"] for r in records)
+    fronts = sum(r["front_correct"] for r in fronted)
+    prim_iou = _mean(r["iou"] for r in primitives)
+    front_share = fronts / len(fronted) if fronted else None
+    targets = [
+        {
+            "target": f"primitives: mean IoU >= {PRIMITIVE_MEAN_IOU}",
+            "value": prim_iou,
+            "met": None if prim_iou is None else prim_iou >= PRIMITIVE_MEAN_IOU,
+        },
+        {"target": "shape identified in every run", "value": f"{shapes}/{n}", "met": shapes == n},
+        {"target": "named color nearest in every run", "value": f"{colors}/{n}", "met": colors == n},
+        {
+            "target": f"composites with a front: front right in >= {FRONT_RIGHT_SHARE:.0%} of runs",
+            "value": None if front_share is None else f"{fronts}/{len(fronted)}",
+            "met": None if front_share is None else front_share >= FRONT_RIGHT_SHARE,
+        },
+    ]
+    spread = seed_spread(records)
+    ranges = [s["iou_range"] for s in spread if s["iou_range"] is not None]
+    return {
+        "runs": n,
+        "all": _group(records),
+        "primitives": _group(primitives),
+        "composites": _group([r for r in records if r["object"] not in PRIMITIVES]),
+        "shape_identified": shapes,
+        "color_nearest": colors,
+        "fronted_runs": len(fronted),
+        "front_right": fronts,
+        "two_fronts": sum(r["two_fronts"] for r in fronted),
+        "mean_seed_iou_range": _mean(ranges),
+        "max_seed_iou_range": max(ranges) if ranges else None,
+        "total_train_seconds": sum(r["train_seconds"] or 0.0 for r in records),
+        "mean_train_seconds": _mean(r["train_seconds"] for r in records),
+        "targets": targets,
+    }
+
+
+def seed_spread(records: list[dict]) -> list[dict]:
+    """Per prompt: the IoU of each seed, their mean and range (max - min; None with one seed)."""
+    by_prompt: dict[str, list[dict]] = {}
+    for r in records:
+        by_prompt.setdefault(r["prompt"], []).append(r)
+    out = []
+    for prompt, runs in by_prompt.items():
+        ious = [r["iou"] for r in runs]
+        out.append(
+            {
+                "prompt": prompt,
+                "seeds": [r["seed"] for r in runs],
+                "ious": ious,
+                "mean_iou": _mean(ious),
+                "iou_range": max(ious) - min(ious) if len(ious) > 1 else None,
+            }
+        )
+    return out
+
+
+def time_to_quality(records: list[dict]) -> list[dict]:
+    """The runs' IoU-against-time curves averaged step by step (runs share the checkpoint steps)."""
+    by_step: dict[int, list[tuple[dict, dict]]] = {}
+    for r in records:
+        for point in r["curve"]:
+            by_step.setdefault(point["step"], []).append((r, point))
+    out = []
+    for step in sorted(by_step):
+        pairs = by_step[step]
+        out.append(
+            {
+                "step": step,
+                "runs": len(pairs),
+                "mean_train_seconds": _mean(p["train_seconds"] for _, p in pairs),
+                "mean_iou": _mean(p["iou"] for _, p in pairs),
+                "mean_scaled_iou": _mean(p["scaled_iou"] for _, p in pairs),
+                "primitives_mean_iou": _mean(p["iou"] for r, p in pairs if r["object"] in PRIMITIVES),
+            }
+        )
+    return out
+
+
+def build_report(options, prompt_set, records: list[dict], total: int) -> dict:
+    """Everything the benchmark measured, with the command, commit and machine that measured it."""
+    cfg = options.config
+    return {
+        "benchmark": "fidelity",
+        "prompt_set": {
+            "name": prompt_set.name,
+            "version": prompt_set.version,
+            "seeds": list(prompt_set.seeds),
+        },
+        "command": options.command(),
+        "commit": git_commit(),
+        "machine": machine_info(),
+        "device": cfg.train.device,
+        "preset": options.preset,
+        "guidance": cfg.guidance.name,
+        "steps": cfg.train.steps,
+        "checkpoint_every": cfg.train.checkpoint_every,
+        "resolution": options.resolution,
+        "mesh": options.mesh,
+        "runs_done": len(records),
+        "runs_total": total,
+        "complete": len(records) == total,
+        "summary": summarize(records),
+        "seed_spread": seed_spread(records),
+        "time_to_quality": time_to_quality(records),
+        "config": to_dict(cfg),
+        "runs": records,
+    }
+
+
+# ---------------------------------------------------------------------------------- markdown
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _front(r: dict) -> str:
+    if "front_correct" not in r:
+        return "-"
+    if r["front_correct"]:
+        text = "right"
+    else:
+        text = "tied" if r["front_best"] == 0 else f"turned {r['front_best']} deg"
+    return text + (", two fronts" if r["two_fronts"] else "")
+
+
+def markdown(report: dict) -> str:
+    """The report as markdown: provenance, targets, one row per run, seeds, time to quality."""
+    s, m, ps = report["summary"], report["machine"], report["prompt_set"]
+    machine = ", ".join(str(m[k]) for k in ("gpu", "platform") if k in m)
+    machine += f", {m['cpu_threads']} CPU threads, torch {m['torch']}"
+    lines = [
+        f"# Fidelity benchmark: prompt set {ps['name']} v{ps['version']}",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Commit {report['commit']}; {machine}; device {report['device']}.  ",
+        f"Preset {report['preset']}, guidance {report['guidance']}, {report['steps']} steps "
+        f"(checkpoint every {report['checkpoint_every']}); IoUs on a {report['resolution']}^3 grid at "
+        f"the render level. {report['runs_done']}/{report['runs_total']} runs"
+        + ("." if report["complete"] else " (incomplete: run the command again to resume)."),
+        "",
+        "## Targets",
+        "",
+        "| target | value | met |",
+        "|---|---|---|",
+    ]
+    for t in s["targets"]:
+        lines.append(f"| {t['target']} | {_fmt(t['value'])} | {_fmt(t['met'])} |")
+    groups = [(name, s[name]) for name in ("primitives", "composites", "all") if s[name]["runs"]]
+    lines += [
+        "",
+        "| runs | n | mean IoU | min IoU | mean scaled IoU | mean initial IoU | mean Chamfer | "
+        "mean color error |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, g in groups:
+        lines.append(
+            f"| {name} | {g['runs']} | {_fmt(g['mean_iou'])} | {_fmt(g['min_iou'])} | "
+            f"{_fmt(g['mean_scaled_iou'])} | {_fmt(g['mean_initial_iou'])} | {_fmt(g['mean_chamfer'], 4)} | "
+            f"{_fmt(g['mean_color_error'])} |"
+        )
+    lines += [
+        "",
+        f"Two fronts in {s['two_fronts']}/{s['fronted_runs']} fronted runs. IoU range across seeds: "
+        f"mean {_fmt(s['mean_seed_iou_range'])}, max {_fmt(s['max_seed_iou_range'])}. "
+        f"Training: {_fmt(s['total_train_seconds'], 1)} s in all.",
+        "",
+        "## Runs",
+        "",
+        "| prompt | seed | IoU | scaled IoU (scale, shift) | initial IoU | identified | "
+        "albedo -> nearest color | color error | Chamfer | front | steps | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["runs"]:
+        shape = r["identified"] + ("" if r["shape_correct"] else " (WRONG)")
+        color = f"{r['nearest_color']} ({'ok' if r['color_correct'] else 'WRONG'})"
+        lines.append(
+            f"| {r['prompt']} | {r['seed']} | {_fmt(r['iou'])} | {_fmt(r['scaled_iou'])} "
+            f"({r['scale']:.2f}, {r['shift']:+.2f}) | {_fmt(r['initial_iou'])} | {shape} | {color} | "
+            f"{_fmt(r['color_error'])} | {_fmt(r.get('chamfer'), 4)} | {_front(r)} | {r['steps']} | "
+            f"{_fmt(r['train_seconds'], 1)} |"
+        )
+    lines += ["", "## Spread across seeds", "", "| prompt | IoU per seed | mean | range |"]
+    lines += ["|---|---|---|---|"]
+    for p in report["seed_spread"]:
+        per_seed = ", ".join(f"s{seed}: {v:.3f}" for seed, v in zip(p["seeds"], p["ious"], strict=True))
+        lines.append(f"| {p['prompt']} | {per_seed} | {_fmt(p['mean_iou'])} | {_fmt(p['iou_range'])} |")
+    lines += [
+        "",
+        "## Time to quality",
+        "",
+        "IoU at true scale of every saved checkpoint against its training seconds, averaged over the runs "
+        "(step 0 is the initial field).",
+        "",
+        "| step | runs | mean train s | mean IoU | mean scaled IoU | primitives: mean IoU |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in report["time_to_quality"]:
+        lines.append(
+            f"| {p['step']} | {p['runs']} | {_fmt(p['mean_train_seconds'], 1)} | {_fmt(p['mean_iou'])} | "
+            f"{_fmt(p['mean_scaled_iou'])} | {_fmt(p['primitives_mean_iou'])} |"
+        )
+    views = ", ".join(VIEWS)
+    lines += ["", f"Contact sheet ({views}: result, then truth): ![contact sheet](contact_sheet.png)"]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------ contact sheet
+def row_size(path: Path) -> int | None:
+    """The frame size of a saved row, or None when there is none."""
+    if not path.is_file():
+        return None
+    with Image.open(path) as image:
+        return image.height
+
+
+def render_row(
+    run_dir: Path, object_name: str, color: str, size: int, path: Path, device: str = "cpu"
+) -> Path:
+    """Save the run's contact-sheet row: its field from the VIEWS, a gap, the truth from the same
+    cameras under the same light and shading. (size, 8 size + GAP, 3) uint8 PNG."""
+    from dreamfusion.fields.background import ConstantBackground
+    from dreamfusion.loading import load_run
+    from dreamfusion.turntable import TurntableOptions, render_turntable, turntable_cameras
+    from dreamfusion.world import OBJECTS, WorldConfig, render_object
+
+    run = load_run(run_dir, device)
+    options = TurntableOptions(frames=len(VIEWS), size=size, mode="color")
+    result = render_turntable(run.field, ConstantBackground(SHEET_BACKGROUND), run.config, options)
+    truth = render_object(
+        OBJECTS[object_name].with_color(color),
+        turntable_cameras(options),
+        "lambertian",
+        torch.tensor(SHEET_BACKGROUND),
+        cfg=WorldConfig(shading=run.config.shading),
+    )  # (V, 3, S, S)
+    truth = (truth.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    gap = np.full((size, GAP, 3), 255, dtype=np.uint8)
+    row = np.concatenate([*result, gap, *truth], axis=1)
+    atomic_write(path, lambda tmp: Image.fromarray(row).save(tmp, format="PNG"))
+    return path
+
+
+def contact_sheet(report: dict, out: Path) -> Path:
+    """OUT/contact_sheet.png: a header, then for every run its label and its row of views."""
+    rows = [Image.open(out / r["frames"]).convert("RGB") for r in report["runs"]]
+    width = LABEL_WIDTH + max(row.width for row in rows)
+    heights = [max(row.height, 40) for row in rows]
+    header = 18
+    sheet = Image.new("RGB", (width, header + sum(heights)), "white")
+    draw = ImageDraw.Draw(sheet)
+    views = ", ".join(VIEWS)
+    half = (width - LABEL_WIDTH - GAP) // 2
+    draw.text((4, 3), report["prompt_set"]["name"] + f" v{report['prompt_set']['version']}", fill="black")
+    draw.text((LABEL_WIDTH + 2, 3), f"result: {views}", fill="black")
+    draw.text((LABEL_WIDTH + half + GAP + 2, 3), "ground truth", fill="black")
+    y = header
+    for r, row, h in zip(report["runs"], rows, heights, strict=True):
+        sheet.paste(row, (LABEL_WIDTH, y))
+        label = (
+            f"{r['prompt']} (seed {r['seed']})\nIoU {r['iou']:.2f}, scaled {r['scaled_iou']:.2f}\n"
+            f"{r['identified']}, {r['nearest_color']}" + ("" if _front(r) == "-" else f", front {_front(r)}")
+        )
+        draw.multiline_text((4, y + 2), label, fill="black", spacing=2)
+        y += h
+    path = out / "contact_sheet.png"
+    atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))
+    return path
+
+
+def write_report(report: dict, out: Path) -> None:
+    """OUT/fidelity.json, OUT/fidelity.md and OUT/contact_sheet.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(report, indent=1, allow_nan=False)
+    atomic_write(out / "fidelity.json", lambda tmp: tmp.write_text(text + "\n"))
+    md = markdown(report)
+    atomic_write(out / "fidelity.md", lambda tmp: tmp.write_text(md))
+    contact_sheet(report, out)

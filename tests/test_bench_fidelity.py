@@ -1,0 +1,162 @@
+"""The fidelity benchmark: its prompt set, a tiny two-run benchmark end to end, resumption, bad input."""
+
+import dataclasses
+import json
+
+import pytest
+from PIL import Image
+
+from dreamfusion.cli import main
+from dreamfusion.errors import UserError
+from dreamfusion.eval.bench import BenchRun, Prompt, load_prompt_set, select_runs, train_run
+from dreamfusion.weights import PRIOR_PATH
+from dreamfusion.world import COLORS, COMPOSITES, OBJECTS, PRIMITIVES, caption
+
+TINY = [
+    "--preset", "smoke", "--guidance", "bundled", "--steps", "2", "--checkpoint-every", "1",
+    "--only", "sphere", "--seeds", "0", "--limit", "2",
+    "--resolution", "16", "--frame-size", "16", "--no-mesh", "--quiet",
+    "--camera.resolution", "12", "--render.samples-per-ray", "12",
+    "--train.preview-resolution", "16", "--train.preview-every", "0",
+]  # fmt: skip
+
+
+NUMBERS = (
+    "iou", "scaled_iou", "scale", "shift", "initial_iou", "initial_scaled_iou", "identified", "shape_correct",
+    "shape_ious", "color_error", "albedo", "nearest_color", "color_correct", "steps", "train_seconds",
+    "wall_seconds", "eval_seconds",
+)  # fmt: skip
+"""Keys every run's record must fill (chamfer is None with --no-mesh; front keys only for fronted objects)."""
+
+
+def test_prompt_set_covers_every_primitive_in_three_colors_and_every_composite():
+    prompt_set = load_prompt_set()
+    assert (prompt_set.name, prompt_set.version) == ("fidelity", 1)
+    assert len(prompt_set.seeds) >= 2 and len(set(prompt_set.seeds)) == len(prompt_set.seeds)
+    colors = {name: set() for name in OBJECTS}
+    for p in prompt_set.prompts:
+        assert p.color in COLORS
+        assert p.text == caption(p.object, p.color)
+        colors[p.object].add(p.color)
+    assert all(len(colors[name]) >= 3 for name in PRIMITIVES), colors
+    assert all(colors[name] for name in COMPOSITES), colors
+    assert len({(p.object, p.color) for p in prompt_set.prompts}) == len(prompt_set.prompts)
+
+
+def test_runs_go_seed_by_seed_and_subsets_select():
+    prompt_set = load_prompt_set("fidelity-v1")
+    runs = select_runs(prompt_set)
+    assert len(runs) == len(prompt_set.prompts) * len(prompt_set.seeds)
+    assert [r.seed for r in runs[: len(prompt_set.prompts)]] == [prompt_set.seeds[0]] * len(
+        prompt_set.prompts
+    )
+    some = select_runs(prompt_set, only=("torus", "cube"), seeds=(7, 3), limit=4)
+    assert [r.name for r in some] == ["cube-red-s7", "cube-orange-s7", "cube-yellow-s7", "torus-yellow-s7"]
+    with pytest.raises(UserError, match="unknown object 'teapot'"):
+        select_runs(prompt_set, only=("cube", "teapot"))
+
+
+def _report(out):
+    text = (out / "fidelity.json").read_text()
+    return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in fidelity.json"))
+
+
+def test_two_runs_write_the_report_then_resume_without_training(tmp_path, capsys):
+    if not PRIOR_PATH.is_file():
+        pytest.skip(f"the bundled prior's weights are not installed ({PRIOR_PATH})")
+    out = tmp_path / "bench"
+    assert main(["bench", "fidelity", *TINY, "--out", str(out)]) == 0
+    report = _report(out)
+    for key in ("command", "commit", "machine", "prompt_set", "summary", "time_to_quality", "runs"):
+        assert key in report
+    assert report["complete"] and report["runs_done"] == report["runs_total"] == 2
+    assert report["prompt_set"] == {"name": "fidelity", "version": 1, "seeds": [0, 1]}
+    assert "--only sphere --seeds 0 --limit 2" in report["command"]
+    first, second = report["runs"]
+    assert (first["prompt"], second["prompt"]) == ("a green sphere", "a blue sphere")
+    for run in report["runs"]:
+        assert run["trained_now"] and run["scored_now"] and run["steps"] == 2
+        for key in NUMBERS:
+            assert run[key] is not None, key
+        assert 0.0 <= run["iou"] <= run["scaled_iou"] <= 1.0
+        assert run["chamfer"] is None  # --no-mesh
+        curve = run["curve"]
+        assert [p["step"] for p in curve] == [0, 1, 2]
+        seconds = [p["train_seconds"] for p in curve]
+        assert seconds == sorted(seconds) and seconds[-1] == run["train_seconds"] > 0
+        assert curve[0]["iou"] == run["initial_iou"] and curve[-1]["iou"] == run["iou"]
+    assert [p["step"] for p in report["time_to_quality"]] == [0, 1, 2]
+    targets = report["summary"]["targets"]
+    assert len(targets) == 4 and targets[3]["met"] is None  # no fronted composite among these runs
+
+    md = (out / "fidelity.md").read_text()
+    assert report["command"] in md
+    assert len([line for line in md.splitlines() if line.startswith("| a ") and "sphere | 0 |" in line]) == 2
+    sheet = Image.open(out / "contact_sheet.png")
+    row = Image.open(out / first["frames"])
+    assert row.size == (8 * 16 + 8, 16)
+    assert sheet.height == 18 + 2 * 40 and sheet.width > row.width
+
+    # Again: both runs are finished and scored, so nothing is trained or scored again.
+    checkpoints = sorted((out / first["run_dir"] / "checkpoints").iterdir())
+    assert [p.name for p in checkpoints] == ["step_0000002.safetensors"]  # the curve is kept, not them
+    stamps = [p.stat().st_mtime_ns for p in checkpoints]
+    assert main(["bench", "fidelity", *TINY, "--out", str(out)]) == 0
+    again = _report(out)
+    assert [(r["trained_now"], r["scored_now"]) for r in again["runs"]] == [(False, False)] * 2
+    assert [p.stat().st_mtime_ns for p in checkpoints] == stamps
+    assert again["runs"][0]["iou"] == first["iou"]
+
+    # Other settings over the same folder: one clear line, nothing trained.
+    capsys.readouterr()
+    assert main(["bench", "fidelity", *TINY, "--out", str(out), "--render.samples-per-ray", "8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "render.samples_per_ray" in err[0]
+
+
+def test_a_run_resumes_where_it_stopped_and_a_finished_one_is_not_trained(tmp_path, tiny):
+    run = BenchRun(Prompt("cube", "red", "a red cube"), seed=0)
+    run_dir = tmp_path / run.name
+    checkpoints = run_dir / "checkpoints"
+    assert train_run(run, tiny(steps=1, checkpoint_every=1, keep_checkpoints=0), run_dir)
+    step1 = (checkpoints / "step_0000001.safetensors").stat().st_mtime_ns
+    two = tiny(steps=2, checkpoint_every=1, keep_checkpoints=0)
+    assert train_run(run, two, run_dir)  # cut off after step 1: resumed, step 1 kept
+    assert (checkpoints / "step_0000001.safetensors").stat().st_mtime_ns == step1
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "step_0000001.safetensors",
+        "step_0000002.safetensors",
+    ]
+    assert not train_run(run, two, run_dir)  # finished: not trained again
+    assert (checkpoints / "step_0000001.safetensors").stat().st_mtime_ns == step1
+
+    for path in checkpoints.iterdir():  # cut off before its first checkpoint: started afresh
+        path.unlink()
+    assert train_run(run, two, run_dir) and len(list(checkpoints.iterdir())) == 2
+
+    other = dataclasses.replace(two, render=dataclasses.replace(two.render, samples_per_ray=8))
+    with pytest.raises(UserError, match="render.samples_per_ray"):
+        train_run(run, other, run_dir)
+    with pytest.raises(UserError, match="holds a run of 'a red cube'"):
+        train_run(BenchRun(Prompt("cube", "blue", "a blue cube"), seed=0), two, run_dir)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--only", "torus", "teapot"], "unknown object 'teapot' in --only"),
+        (["--limit", "0"], "--limit must be at least 1"),
+        (["--seeds", "-1"], "--seeds must be non-negative"),
+        (["--resolution", "8"], "--resolution must be between"),
+        (["--checkpoint-every", "0"], "--checkpoint-every must be at least 1"),
+        (["--prompt-set", "fidelity-v0"], "no prompt set 'fidelity-v0'"),
+        (["--preset", "huge"], "unknown preset 'huge'"),
+        (["--steps", "0"], "--steps must be positive"),
+    ],
+)
+def test_bad_input_gets_one_line_and_writes_nothing(tmp_path, capsys, argv, message):
+    out = tmp_path / "bench"
+    assert main(["bench", "fidelity", "--out", str(out), "--device", "cpu", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not out.exists()
