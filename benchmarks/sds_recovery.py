@@ -154,6 +154,8 @@ def main() -> None:
         results.append(metrics)
         print(
             f"{prompt} (seed {seed}): IoU {metrics['iou']:.3f} (initial {metrics['initial_iou']:.3f}, "
+            f"support level {metrics['support_level']:.2f}: IoU {metrics['support_iou']:.3f}, "
+            f"initial {metrics['initial_support_iou']:.3f}, {metrics['support_identified']}; "
             f"scaled {metrics['scaled_iou']:.3f} at {metrics['scale']:.2f}), {metrics['identified']}, "
             f"{metrics['nearest_color']}, {metrics['train_seconds']:.1f} s training, "
             f"{metrics['steps']} steps",

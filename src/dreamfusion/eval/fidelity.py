@@ -14,6 +14,7 @@ from dreamfusion.eval.geometry import (
     density_grid,
     identify_shape,
     iou,
+    support_level,
     truth_grid,
 )
 from dreamfusion.eval.surface import chamfer_distance, surface_color
@@ -64,6 +65,11 @@ def evaluate_field(
     truth = truth_grid(obj, resolution, bound, density.device)
     alignment = aligned_iou(density, bound, obj, level)
     identified, shape_ious = identify_shape(density, bound, level)
+    # The geometric support (half the plateau density) beside the render level: a faint field's
+    # renders put its surface inside the object, while its support may have the right size.
+    support = support_level(density)
+    support_alignment = aligned_iou(density, bound, obj, support)
+    support_identified, _ = identify_shape(density, bound, support)
     color = surface_color(field, obj, color_name, alignment.scale, alignment.shift)
     cell = (2.0 * bound / resolution) ** 3
     result = {
@@ -75,6 +81,11 @@ def evaluate_field(
         "scaled_iou": alignment.iou,
         "scale": alignment.scale,
         "shift": alignment.shift,
+        "support_level": support,
+        "support_iou": iou(density > support, truth),
+        "support_scaled_iou": support_alignment.iou,
+        "support_scale": support_alignment.scale,
+        "support_identified": support_identified,
         "volume": float(occupied.sum()) * cell,
         "true_volume": PRIMITIVE_VOLUMES.get(object_name, float(truth.sum()) * cell),
         "identified": identified,
@@ -148,6 +159,7 @@ def evaluate_run(
         train_seconds=float(meta.get("elapsed_s", float("nan"))),
         initial_level=init_level,
         initial_iou=iou(init_density > init_level, truth),
+        initial_support_iou=iou(init_density > support_level(init_density), truth),
         initial_scaled_iou=aligned_iou(init_density, bound, object_name, init_level).iou,
         initial_max_density=float(init_density.max()),
         field=run.config.field.kind,

@@ -32,6 +32,28 @@ REFERENCE_VOXEL = 0.025
 DENSITY_LEVEL = math.log(2.0) / REFERENCE_VOXEL
 """Occupancy threshold (about 27.7): a reference voxel of this density transmits exactly half the light."""
 
+SUPPORT_FLOOR = 0.1
+"""Cells below this fraction of the peak density are left out of the plateau estimate (empty space)."""
+
+
+def support_level(density: Tensor) -> float:
+    """Half the field's plateau density: the iso-level of its geometric support.
+
+    The plateau is the 90th percentile of the densities above SUPPORT_FLOOR of the maximum (a
+    robust peak: a lone floater cannot set it). Half of it is where a step-like density profile
+    crosses from outside to inside, whatever the density scale, even for a field too faint for
+    the render (transmittance) level, which then sits inside the object. Raises ValueError for an
+    empty field.
+    """
+    peak = float(density.max())
+    if not peak > 0.0:
+        raise ValueError("the field is empty (zero density everywhere in its bounding cube)")
+    body = density[density > SUPPORT_FLOOR * peak].float()
+    if body.numel() > 1 << 24:  # torch.quantile's input limit; a strided subsample keeps the estimate
+        body = body[:: body.numel() // (1 << 24) + 1]
+    return 0.5 * float(torch.quantile(body, 0.9))
+
+
 COARSE_SCALES = tuple(float(s) for s in torch.logspace(math.log10(0.6), math.log10(1.6), 15))
 """Scales tried by the alignment search before refining (geometric, 0.6 to 1.6, about 7% apart)."""
 
