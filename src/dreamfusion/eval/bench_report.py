@@ -42,6 +42,8 @@ def _group(records: list[dict]) -> dict:
         "min_iou": min(ious) if ious else None,
         "mean_scaled_iou": _mean(r["scaled_iou"] for r in records),
         "mean_initial_iou": _mean(r["initial_iou"] for r in records),
+        "mean_support_iou": _mean(r.get("support_iou") for r in records),
+        "support_shape_correct": sum(r.get("support_identified") == r["object"] for r in records),
         "mean_chamfer": _mean(r.get("chamfer") for r in records),
         "mean_color_error": _mean(r["color_error"] for r in records),
     }
@@ -210,16 +212,22 @@ def markdown(report: dict) -> str:
     groups = [(name, s[name]) for name in ("primitives", "composites", "all") if s[name]["runs"]]
     lines += [
         "",
-        "| runs | n | mean IoU | min IoU | mean scaled IoU | mean initial IoU | mean Chamfer | "
-        "mean color error |",
-        "|---|---|---|---|---|---|---|---|",
+        "| runs | n | mean IoU | min IoU | mean scaled IoU | mean initial IoU | mean support IoU | "
+        "shape right at support level | mean Chamfer | mean color error |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, g in groups:
         lines.append(
             f"| {name} | {g['runs']} | {_fmt(g['mean_iou'])} | {_fmt(g['min_iou'])} | "
-            f"{_fmt(g['mean_scaled_iou'])} | {_fmt(g['mean_initial_iou'])} | {_fmt(g['mean_chamfer'], 4)} | "
+            f"{_fmt(g['mean_scaled_iou'])} | {_fmt(g['mean_initial_iou'])} | {_fmt(g['mean_support_iou'])} | "
+            f"{g['support_shape_correct']}/{g['runs']} | {_fmt(g['mean_chamfer'], 4)} | "
             f"{_fmt(g['mean_color_error'])} |"
         )
+    lines += [
+        "",
+        "IoU is at the render level (where renders put the surface: the export's transmittance rule); "
+        "support IoU at half the field's plateau density (its geometric extent; docs/evaluation.md).",
+    ]
     lines += [
         "",
         f"Two fronts in {s['two_fronts']}/{s['fronted_runs']} fronted runs. IoU range across seeds: "
@@ -228,16 +236,17 @@ def markdown(report: dict) -> str:
         "",
         "## Runs",
         "",
-        "| prompt | seed | IoU | scaled IoU (scale, shift) | initial IoU | identified | "
-        "albedo -> nearest color | color error | Chamfer | front | steps | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| prompt | seed | IoU | scaled IoU (scale, shift) | initial IoU | support IoU (identified) | "
+        "identified | albedo -> nearest color | color error | Chamfer | front | steps | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["runs"]:
         shape = r["identified"] + ("" if r["shape_correct"] else " (WRONG)")
         color = f"{r['nearest_color']} ({'ok' if r['color_correct'] else 'WRONG'})"
         lines.append(
             f"| {r['prompt']} | {r['seed']} | {_fmt(r['iou'])} | {_fmt(r['scaled_iou'])} "
-            f"({r['scale']:.2f}, {r['shift']:+.2f}) | {_fmt(r['initial_iou'])} | {shape} | {color} | "
+            f"({r['scale']:.2f}, {r['shift']:+.2f}) | {_fmt(r['initial_iou'])} | "
+            f"{_fmt(r.get('support_iou'))} ({r.get('support_identified', '-')}) | {shape} | {color} | "
             f"{_fmt(r['color_error'])} | {_fmt(r.get('chamfer'), 4)} | {_front(r)} | {r['steps']} | "
             f"{_fmt(r['train_seconds'], 1)} |"
         )
