@@ -1,10 +1,18 @@
 """Seconds per training iteration, split into render / guidance / backward / optimizer.
 
     python benchmarks/speed.py --presets cpu default --steps 20 --device cpu --out speed.json
+    python benchmarks/speed.py --presets cpu --occupancy on --field-from outputs/red-sphere
 
 Each preset runs `--warmup` untimed steps, then `--steps` timed ones (with the device synchronized
 around each phase), past the albedo-only warm-up so lit renders (which need normals) are included.
 Writes JSON and prints a table.
+
+Empty-space skipping (`--occupancy on`) only pays once training has carved empty space out of the
+initial density blob, which fills the whole bounding sphere: time a trained field with
+`--field-from RUN` (a run of the same preset; its field and background weights are loaded), or
+give a long `--warmup`. The grid is refreshed at the first step and every
+`render.occupancy_update_every` steps; one refresh is timed apart and spread over that period in
+`seconds_per_iteration_amortized`.
 """
 
 from __future__ import annotations
@@ -19,16 +27,30 @@ from pathlib import Path
 import torch
 
 from dreamfusion.api import GUIDANCE_BACKENDS, resolve_config
+from dreamfusion.checkpoint import load_checkpoint
+from dreamfusion.loading import find_checkpoint
 from dreamfusion.provenance import git_commit, machine_info
 from dreamfusion.trainer import Trainer
 
-PHASES = ("render", "guidance", "backward", "optimizer")
+PHASES = ("render", "guidance", "backward", "optimizer", "occupancy")
 
 
-def bench(preset: str, steps: int, warmup: int, device: str, guidance: str | None) -> dict:
+def bench(
+    preset: str,
+    steps: int,
+    warmup: int,
+    device: str,
+    guidance: str | None,
+    occupancy: str = "preset",
+    field_from: Path | None = None,
+) -> dict:
     cfg = resolve_config(preset, guidance=guidance, device=device)
+    render = cfg.render
+    if occupancy != "preset":
+        render = dataclasses.replace(render, occupancy_grid=occupancy == "on", occupancy_warmup_steps=0)
     cfg = dataclasses.replace(
         cfg,
+        render=render,
         shading=dataclasses.replace(cfg.shading, albedo_warmup_steps=0),
         train=dataclasses.replace(
             cfg.train,
@@ -42,19 +64,34 @@ def bench(preset: str, steps: int, warmup: int, device: str, guidance: str | Non
     with tempfile.TemporaryDirectory() as tmp:
         backend = GUIDANCE_BACKENDS[cfg.guidance.name](cfg, torch.device(device))
         trainer = Trainer("a red sphere", cfg, Path(tmp) / "run", backend)
+        if field_from is not None:
+            ckpt = load_checkpoint(find_checkpoint(field_from))
+            trainer.field.load_state_dict({k: v.to(device) for k, v in ckpt.section("field").items()})
+            trainer.background.load_state_dict(
+                {k: v.to(device) for k, v in ckpt.section("background").items()}
+            )
         for _ in range(warmup):
             trainer.train_step()
         trainer.timer.totals.clear()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+        evaluated = []
         start = time.perf_counter()
         for _ in range(steps):
-            trainer.train_step()
+            evaluated.append(trainer.train_step().get("evaluated"))
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         total = (time.perf_counter() - start) / steps
+        update = None
+        if trainer.occupancy is not None:
+            with trainer.timer("refresh"):
+                trainer.occupancy.update(trainer.field, torch.Generator(device).manual_seed(0))
+            update = trainer.timer.totals["refresh"]
     phases = {k: trainer.timer.totals.get(k, 0.0) / steps for k in PHASES}
+    amortized = total
+    if update is not None:
+        amortized = total - phases["occupancy"] + update / cfg.render.occupancy_update_every
     return {
         "preset": preset,
         "guidance": cfg.guidance.name,
@@ -63,7 +100,12 @@ def bench(preset: str, steps: int, warmup: int, device: str, guidance: str | Non
         "samples_per_ray": cfg.render.samples_per_ray,
         "batch_size": cfg.train.batch_size,
         "field": cfg.field.kind,
+        "field_from": str(field_from) if field_from is not None else None,
+        "occupancy_grid": cfg.render.occupancy_grid,
+        "samples_evaluated_share": sum(evaluated) / steps if None not in evaluated else None,
+        "occupancy_update_seconds": update,
         "seconds_per_iteration": total,
+        "seconds_per_iteration_amortized": amortized,
         "phases_seconds": phases,
         "phases_share": {k: v / max(total, 1e-12) for k, v in phases.items()},
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None,
@@ -79,24 +121,38 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--guidance", default=None)
+    parser.add_argument(
+        "--occupancy",
+        choices=("preset", "on", "off"),
+        default="preset",
+        help="empty-space skipping: as the preset says, or forced on (refreshed from the first step) or off",
+    )
+    parser.add_argument(
+        "--field-from", type=Path, default=None, help="start from this run's trained field (same preset)"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/speed.json"))
     args = parser.parse_args()
 
-    rows = [bench(p, args.steps, args.warmup, args.device, args.guidance) for p in args.presets]
+    rows = [
+        bench(p, args.steps, args.warmup, args.device, args.guidance, args.occupancy, args.field_from)
+        for p in args.presets
+    ]
     report = {"machine": machine_info(), "commit": git_commit(), "steps": args.steps, "results": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
 
     print(f"machine: {report['machine']}")
     print(
-        f"{'preset':8s} {'device':6s} {'res':>4s} {'spp':>4s} {'s/it':>8s}  "
-        + "  ".join(f"{p:>9s}" for p in PHASES)
+        f"{'preset':8s} {'device':6s} {'res':>4s} {'spp':>4s} {'grid':>4s} {'eval':>5s} {'s/it':>8s} "
+        f"{'amort':>8s}  " + "  ".join(f"{p:>9s}" for p in PHASES)
     )
     for r in rows:
         shares = "  ".join(f"{100 * r['phases_share'][p]:8.1f}%" for p in PHASES)
+        share = r["samples_evaluated_share"]
         print(
             f"{r['preset']:8s} {r['device']:6s} {r['resolution']:4d} {r['samples_per_ray']:4d} "
-            f"{r['seconds_per_iteration']:8.3f}  {shares}"
+            f"{'on' if r['occupancy_grid'] else 'off':>4s} {'-' if share is None else f'{share:.2f}':>5s} "
+            f"{r['seconds_per_iteration']:8.3f} {r['seconds_per_iteration_amortized']:8.3f}  {shares}"
         )
     print(f"wrote {args.out}")
 

@@ -35,7 +35,9 @@ def _bundled_world(cfg: Config) -> Config:
 
 def default() -> Config:
     """The project's choice for one GPU: bundled prior, hash grid, Adam at 1e-2, 10,000 steps of 64x64."""
-    return _bundled_world(Config())
+    # Empty-space skipping: same IoU as without it in 400-step CPU runs (sphere, cube, torus), and
+    # once training has emptied space, the field is evaluated at a third to a half of the samples.
+    return _bundled_world(Config(render=RenderConfig(occupancy_grid=True)))
 
 
 def paper() -> Config:
@@ -103,7 +105,7 @@ def cpu() -> Config:
             ),
             background=BackgroundConfig(kind="envmap", width=16),
             camera=CameraConfig(resolution=48),
-            render=RenderConfig(samples_per_ray=48),
+            render=RenderConfig(samples_per_ray=48, occupancy_grid=True),
             shading=ShadingConfig(albedo_warmup_steps=100),
             regularizers=RegularizerConfig(orientation_ramp_steps=300),
             train=TrainConfig(steps=400, checkpoint_every=100, preview_every=200),

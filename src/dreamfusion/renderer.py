@@ -15,6 +15,7 @@ from torch import Tensor
 from dreamfusion.cameras import Cameras
 from dreamfusion.config import RenderConfig, ShadingConfig
 from dreamfusion.fields.base import Background, Field
+from dreamfusion.occupancy import OccupancyGrid
 from dreamfusion.rays import generate_rays, intersect_sphere
 from dreamfusion.rendering import (
     accumulate,
@@ -39,6 +40,7 @@ class RenderOutput:
     weights: Tensor  # (R, N) rendering weights, R = B * H * W
     sample_normals: Tensor | None  # (R, N, 3) per-sample normals, None when not computed
     directions: Tensor  # (R, 3) unit ray directions
+    samples_evaluated: int  # samples the field was evaluated at, of R * N (the others were skipped)
 
 
 @dataclass
@@ -51,6 +53,7 @@ class _Chunk:
     normal: Tensor  # (r, 3)
     weights: Tensor  # (r, N)
     sample_normals: Tensor | None  # (r, N, 3)
+    evaluated: int
 
 
 def _check_field_output(density: Tensor, albedo: Tensor, n_points: int) -> None:
@@ -66,6 +69,12 @@ def _check_field_output(density: Tensor, albedo: Tensor, n_points: int) -> None:
         )
 
 
+def _scatter(values: Tensor, index: Tensor, n: int) -> Tensor:
+    """(k, ...) values at rows `index` (k,) of a zero-filled (n, ...) float32 tensor; differentiable."""
+    out = values.new_zeros((n, *values.shape[1:]), dtype=torch.float32)
+    return out.index_copy(0, index, values.float())
+
+
 def _render_chunk(
     field: Field,
     background: Background,
@@ -77,10 +86,25 @@ def _render_chunk(
     shading: ShadingMode,
     shading_cfg: ShadingConfig,
     compute_normals: bool,
+    occupancy: OccupancyGrid | None,
 ) -> _Chunk:
     r, n = t_mid.shape
     points = origins[:, None, :] + t_mid[..., None] * directions[:, None, :]  # (r, N, 3)
     flat = points.reshape(r * n, 3)
+
+    # The field sees only samples that can contribute: those with a segment (rays that miss the
+    # bounding sphere have none) in an occupied cell. The others get density, albedo and normal 0,
+    # exact for zero-length segments (their weight is 0 whatever the density) and, for empty cells,
+    # the grid's approximation. Compositing below stays dense, (r, N), as if all had been evaluated.
+    keep = (deltas > 0).reshape(-1)
+    if occupancy is not None:
+        keep = keep & occupancy.occupied(flat)
+    index = keep.nonzero()[:, 0]  # (k,)
+    if len(index) == 0:
+        # Still one sample, so that the image keeps a graph to the field (and fields need not
+        # accept empty input). Evaluating a sample is never less exact than skipping it.
+        index = torch.zeros(1, dtype=torch.long, device=flat.device)
+    subset = flat.index_select(0, index)  # (k, 3)
 
     # Normals are the gradient of density w.r.t. the points, so the field must be evaluated with
     # grad on even for no-grad previews; the graph is kept (create_graph) only when the caller
@@ -89,21 +113,21 @@ def _render_chunk(
     grad_context = torch.enable_grad() if compute_normals else contextlib.nullcontext()
     with grad_context:
         if compute_normals:
-            flat = flat.detach().requires_grad_(True)
-        density, albedo = field(flat)
-        _check_field_output(density, albedo, r * n)
+            subset = subset.detach().requires_grad_(True)
+        density, albedo = field(subset)
+        _check_field_output(density, albedo, len(index))
         sample_normals = None
         if compute_normals:
-            sample_normals = normals_from_density(density, flat, create_graph=building_graph)
+            sample_normals = normals_from_density(density, subset, create_graph=building_graph)
     if not building_graph:
         density, albedo = density.detach(), albedo.detach()
 
     # Composite in float32 even when the field ran under autocast: a cumulative sum of optical
     # depth in bfloat16 loses the transmittance of all but the first few samples.
-    density = density.float().reshape(r, n)
-    albedo = albedo.float().reshape(r, n, 3)
+    density = _scatter(density, index, r * n).reshape(r, n)
+    albedo = _scatter(albedo, index, r * n).reshape(r, n, 3)
     if sample_normals is not None:
-        sample_normals = sample_normals.float().reshape(r, n, 3)
+        sample_normals = _scatter(sample_normals, index, r * n).reshape(r, n, 3)
 
     colors = shade(shading, albedo, sample_normals, points, light[:, None, :], shading_cfg)  # (r, N, 3)
     weights, _, _ = compute_weights(density, deltas)
@@ -119,7 +143,8 @@ def _render_chunk(
         normal = accumulate(weights, sample_normals)
     else:
         normal = torch.zeros_like(rgb)
-    return _Chunk(color, alpha, expected_depth(weights, t_mid), normal, weights, sample_normals)
+    depth = expected_depth(weights, t_mid)  # (r,)
+    return _Chunk(color, alpha, depth, normal, weights, sample_normals, evaluated=len(index))
 
 
 def _cat_optional(tensors: list[Tensor | None]) -> Tensor | None:
@@ -139,11 +164,14 @@ def render(
     compute_normals: bool = True,
     stratified: bool | None = None,
     keep_samples: bool = True,
+    occupancy: OccupancyGrid | None = None,
 ) -> RenderOutput:
     """Render `cameras` (B views of H x W) of `field` over `background` under a shading mode.
 
     Samples lie only inside the field's bounding sphere; rays that miss it have zero-length
-    segments, hence alpha 0, and show the background exactly. Stratified jitter (default:
+    segments, hence alpha 0, and show the background exactly: the field never sees them. With an
+    `occupancy` grid, samples in its empty cells are skipped too (density 0), so the field is
+    evaluated only where the grid says it has density. Stratified jitter (default:
     `render_cfg.stratified`) is drawn from `generator`, on the cameras' device, for all rays at
     once before chunking, so a chunked render equals the unchunked one.
 
@@ -162,6 +190,15 @@ def render(
         raise ValueError(
             f"cameras are on {cameras.c2w.device} but the field on {param.device}; "
             "move them with cameras.to(device)"
+        )
+
+    if occupancy is not None and (
+        occupancy.mask.device != cameras.c2w.device or occupancy.bound_radius != field.bound_radius
+    ):
+        raise ValueError(
+            f"the occupancy grid (on {occupancy.mask.device}, radius {occupancy.bound_radius}) must live "
+            f"on the cameras' device ({cameras.c2w.device}) and cover the field's bounding sphere "
+            f"(radius {field.bound_radius})"
         )
 
     B, H, W = len(cameras), cameras.height, cameras.width
@@ -186,6 +223,7 @@ def render(
             shading,
             shading_cfg,
             compute_normals,
+            occupancy,
         )
         if not keep_samples:
             # A fresh empty tensor, not a [:0] view, which would keep the chunk's storage alive.
@@ -203,6 +241,7 @@ def render(
         weights=torch.cat([p.weights for p in parts]),
         sample_normals=_cat_optional([p.sample_normals for p in parts]),
         directions=directions,
+        samples_evaluated=sum(p.evaluated for p in parts),
     )
 
 

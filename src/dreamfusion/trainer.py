@@ -5,6 +5,8 @@
 Everything random draws from two generators owned by the trainer (one on the CPU for cameras and
 shading choices, one on the device for ray jitter, timesteps and noise). Their states are saved in
 every checkpoint, so a resumed run replays exactly the draws the uninterrupted run would have made.
+The occupancy grid (empty-space skipping, `render.occupancy_grid`) is saved too; its refreshes draw
+from a generator seeded by the step, so the grid on or off leaves every other draw unchanged.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from dreamfusion.errors import UserError
 from dreamfusion.fields import build_background, build_field
 from dreamfusion.fields.background import ConstantBackground
 from dreamfusion.guidance.base import Guidance
+from dreamfusion.occupancy import OccupancyGrid
 from dreamfusion.optim import build_optimizer, lr_factor, set_lr
 from dreamfusion.prompts import view_index, view_prompts
 from dreamfusion.regularizers import opacity_loss, orientation_loss, ramp
@@ -97,6 +100,16 @@ def validate_config(cfg: Config) -> None:
         ),
         (cfg.optim.lr > 0, f"learning rate must be positive (got {cfg.optim.lr})"),
         (cfg.train.seed >= 0, f"--seed must be non-negative (got {cfg.train.seed})"),
+        (
+            not cfg.render.occupancy_grid
+            or (cfg.render.occupancy_resolution > 0 and cfg.render.occupancy_update_every > 0),
+            "render.occupancy_resolution and render.occupancy_update_every must be positive "
+            f"(got {cfg.render.occupancy_resolution}, {cfg.render.occupancy_update_every})",
+        ),
+        (
+            0.0 <= cfg.render.occupancy_decay <= 1.0,
+            f"render.occupancy_decay must lie in [0, 1] (got {cfg.render.occupancy_decay})",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -130,6 +143,14 @@ class Trainer:
             self.field = build_field(cfg.field).to(self.device)
             self.background = build_background(cfg.background).to(self.device)
         self._black = ConstantBackground((0.0, 0.0, 0.0))
+        self.occupancy: OccupancyGrid | None = None
+        if cfg.render.occupancy_grid:
+            self.occupancy = OccupancyGrid(
+                cfg.field.bound_radius,
+                cfg.render.occupancy_resolution,
+                cfg.render.occupancy_threshold,
+                cfg.render.occupancy_decay,
+            ).to(self.device)
         self.optimizer = build_optimizer(self.field, self.background, cfg.optim)
         self.cpu_gen = torch.Generator().manual_seed(cfg.train.seed)
         self.device_gen = torch.Generator(self.device).manual_seed(cfg.train.seed + 1)
@@ -152,6 +173,9 @@ class Trainer:
         ).to(self.device)
         orientation_w, opacity_w = self._regularizer_weights()
         need_normals = shading != "albedo" or orientation_w > 0
+        if self.occupancy is not None and self._occupancy_due():
+            with timer("occupancy"):
+                self.occupancy.update(self.field, self._occupancy_generator())
 
         # Views go through in micro-batches whose gradients add up to the whole batch's: the loss of
         # each is an average over its views, so it is weighted by its share of the batch.
@@ -159,6 +183,7 @@ class Trainer:
         batch, micro = len(cameras), cfg.train.micro_batch or len(cameras)
         sums = {"loss": 0.0, "sds": 0.0, "sds_grad": 0.0, "orientation": 0.0, "opacity": 0.0, "t": 0.0}
         finite = True
+        evaluated = 0
         for start in range(0, batch, micro):
             part = cameras[start : start + micro]
             share = len(part) / batch
@@ -172,8 +197,10 @@ class Trainer:
                     cfg.shading,
                     generator=self.device_gen,
                     compute_normals=need_normals,
+                    occupancy=self.occupancy,
                 )
             image = out.image.float()  # (b, 3, H, W)
+            evaluated += out.samples_evaluated
             if cfg.background.kind == "random":
                 colors = torch.rand(len(part), 3, 1, 1, generator=self.cpu_gen).to(self.device)
                 image = composite(image, out.alpha.float(), colors)  # over black, image is premultiplied
@@ -218,7 +245,22 @@ class Trainer:
                 log.warning("step %d: non-finite loss or gradient; update skipped", self.step)
                 self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return {"step": self.step, **sums, "shading": shading, "lr": lr, "skipped": not finite}
+        extra = {}
+        if self.occupancy is not None:
+            total = batch * cfg.camera.resolution**2 * cfg.render.samples_per_ray
+            extra = {"occupied": self.occupancy.occupied_fraction(), "evaluated": evaluated / total}
+        return {"step": self.step, **sums, "shading": shading, "lr": lr, "skipped": not finite, **extra}
+
+    def _occupancy_due(self) -> bool:
+        since = self.step - self.cfg.render.occupancy_warmup_steps
+        return since >= 0 and since % self.cfg.render.occupancy_update_every == 0
+
+    def _occupancy_generator(self) -> torch.Generator:
+        # Seeded by the step rather than drawn from the run's generators: a resumed run reads the
+        # grid at the same points without more saved state, and the grid on or off leaves every
+        # other random draw of the run unchanged.
+        seed = (self.cfg.train.seed * 1_000_003 + self.step) % 2**63
+        return torch.Generator(self.device).manual_seed(seed)
 
     def _regularizer_weights(self) -> tuple[float, float]:
         reg = self.cfg.regularizers
@@ -318,6 +360,8 @@ class Trainer:
         tensors: dict[str, torch.Tensor] = {}
         tensors.update({f"field.{k}": v for k, v in self.field.state_dict().items()})
         tensors.update({f"background.{k}": v for k, v in self.background.state_dict().items()})
+        if self.occupancy is not None:
+            tensors.update({f"occupancy.{k}": v for k, v in self.occupancy.state_dict().items()})
         optim_tensors, optim_rest = flatten_optimizer(self.optimizer.state_dict())
         tensors.update(optim_tensors)
         tensors["rng.cpu"] = self.cpu_gen.get_state()
@@ -346,6 +390,8 @@ class Trainer:
                 )
             self.field.load_state_dict(_to(ckpt.section("field"), self.device))
             self.background.load_state_dict(_to(ckpt.section("background"), self.device))
+            if self.occupancy is not None and ckpt.section("occupancy"):  # else all occupied until refreshed
+                self.occupancy.load_state_dict(_to(ckpt.section("occupancy"), self.device))
             optim_state = unflatten_optimizer(ckpt.section("optim"), ckpt.meta["optim"])
             self.optimizer.load_state_dict(optim_state)
             self.cpu_gen.set_state(ckpt.tensors["rng.cpu"])
