@@ -180,6 +180,25 @@ def test_resume_continues_to_more_steps(tmp_path, capsys):
     assert "step_0000004.safetensors" in capsys.readouterr().out
 
 
+def test_resume_a_run_saved_before_a_setting_existed(tmp_path, capsys):
+    """A config.json written by an older version lacks newer settings: at their defaults, it resumes."""
+    import json
+
+    out = tmp_path / "run"
+    assert main(["generate", "a red sphere", *FAST, "--steps", "2", "--out", str(out)]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    render = saved["config"]["render"]
+    for key in [k for k in render if k.startswith("occupancy")]:
+        del render[key]
+    (out / "config.json").write_text(json.dumps(saved))
+    capsys.readouterr()
+    args = ["generate", "a red sphere", *FAST, "--steps", "4", "--out", str(out), "--resume"]
+    assert main([*args, "--render.occupancy-grid"]) != 0  # not the default: a real change
+    assert "render.occupancy_grid" in _error_line(capsys)
+    assert main(args) == 0
+    assert "step_0000004.safetensors" in capsys.readouterr().out
+
+
 def test_tensorboard_without_the_package(tmp_path, capsys):
     import importlib.util
 

@@ -58,15 +58,23 @@ def _holds_run(folder: Path) -> bool:
     return folder.exists() and any(folder.iterdir())
 
 
-def flat_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested dicts."""
+def flat_diff(
+    a: dict[str, Any], b: dict[str, Any], prefix: str = "", defaults: dict[str, Any] | None = None
+) -> list[str]:
+    """Dotted keys whose values differ between two nested dicts.
+
+    With `defaults` (nested like `b`), a key that `a` lacks (a setting added after `a` was saved)
+    counts as changed only if `b` holds something other than its default.
+    """
     keys = set(a) | set(b)
     out = []
     for key in sorted(keys):
-        va, vb = a.get(key), b.get(key)
+        vb = b.get(key)
+        default = defaults.get(key) if isinstance(defaults, dict) else None
+        va = a.get(key, default) if defaults is not None else a.get(key)
         name = f"{prefix}{key}"
         if isinstance(va, dict) and isinstance(vb, dict):
-            out += flat_diff(va, vb, name + ".")
+            out += flat_diff(va, vb, name + ".", default if isinstance(default, dict) else None)
         elif va != vb:
             out.append(name)
     return out
@@ -97,9 +105,15 @@ class RunDir:
         found = list_checkpoints(self.checkpoints)
         return found[-1] if found else None
 
-    def prepare(self, prompt: str, config: dict[str, Any], resume: bool) -> None:
-        """Check the folder can take this run. Raises UserError; touches nothing."""
+    def prepare(
+        self, prompt: str, config: dict[str, Any], resume: bool, defaults: dict[str, Any] | None = None
+    ) -> None:
+        """Check the folder can take this run. Raises UserError; touches nothing.
+
+        `defaults` (the config's default values) lets a run saved before a setting existed resume,
+        as long as this run keeps that setting at its default."""
         config = json.loads(json.dumps(config))  # tuples -> lists, as saved
+        defaults = json.loads(json.dumps(defaults)) if defaults is not None else None
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"output path {self.path} is a file; pass --out with a folder")
         if resume:
@@ -111,7 +125,11 @@ class RunDir:
                     f"{self.path} holds a run of the prompt {saved.get('prompt')!r}, not {prompt!r}; "
                     "pass the same prompt to resume, or another --out"
                 )
-            changed = [k for k in flat_diff(saved.get("config", {}), config) if k not in RESUMABLE_CHANGES]
+            changed = [
+                k
+                for k in flat_diff(saved.get("config", {}), config, defaults=defaults)
+                if k not in RESUMABLE_CHANGES
+            ]
             if changed:
                 raise UserError(
                     f"cannot resume {self.path}: these settings differ from the saved run: {', '.join(changed)}"

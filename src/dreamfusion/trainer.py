@@ -136,7 +136,7 @@ class Trainer:
             )
         except ValueError as e:
             raise UserError(str(e)) from None
-        self.run.prepare(self.prompt, to_dict(cfg), resume)
+        self.run.prepare(self.prompt, to_dict(cfg), resume, defaults=to_dict(Config()))
 
         with torch.random.fork_rng(devices=[]):  # seed the initialization without touching the caller's RNG
             torch.manual_seed(cfg.train.seed)

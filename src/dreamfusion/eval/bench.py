@@ -237,7 +237,11 @@ def train_run(run: BenchRun, cfg: Config, run_dir: Path) -> bool:
             raise UserError(f"{run_dir} holds a run of {saved.get('prompt')!r}; choose another --out")
         changed = [
             k
-            for k in flat_diff(saved.get("config", {}), json.loads(json.dumps(to_dict(cfg))))
+            for k in flat_diff(
+                saved.get("config", {}),
+                json.loads(json.dumps(to_dict(cfg))),
+                defaults=json.loads(json.dumps(to_dict(Config()))),
+            )
             if k not in RESUMABLE_CHANGES
         ]
         if changed:
