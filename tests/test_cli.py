@@ -199,6 +199,29 @@ def test_resume_a_run_saved_before_a_setting_existed(tmp_path, capsys):
     assert "step_0000004.safetensors" in capsys.readouterr().out
 
 
+def test_auto_preset_picks_by_device(tmp_path, capsys, monkeypatch):
+    import json
+
+    from dreamfusion.api import resolve_config
+    from dreamfusion.config import to_dict
+    from dreamfusion.presets import PRESETS
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    on_cpu = resolve_config("auto")
+    assert to_dict(on_cpu) == to_dict(PRESETS["cpu"]())  # the short preset, not hours of `default`
+    assert resolve_config("auto", device="cuda").train.steps == PRESETS["default"]().train.steps
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_config("auto").train.device == "cuda"
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "run"
+    args = ["generate", "a red cube", "--steps", "1", "--out", str(out), "--no-mesh", "--no-video", "--quiet"]
+    assert main(args) == 0
+    assert "preset:      cpu on cpu" in capsys.readouterr().out
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert saved["guidance"]["name"] == "bundled" and saved["camera"]["resolution"] == 48
+
+
 def test_tensorboard_without_the_package(tmp_path, capsys):
     import importlib.util
 

@@ -69,18 +69,31 @@ class GenerateResult:
     video: Path | None = None  # RUN/turntable.mp4 unless turntable=False or it failed
 
 
+def auto_preset(device: str | None) -> tuple[str, str]:
+    """What preset "auto" means here: (preset, device).
+
+    The device asked for, else CUDA when this machine has it, else the CPU; then the `default`
+    preset on CUDA and the short `cpu` preset on a CPU (`default` takes hours there)."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    on_cuda = device.split(":")[0] == "cuda"
+    return ("default" if on_cuda else "cpu"), device
+
+
 def resolve_config(
-    preset: str = "default",
+    preset: str = "auto",
     steps: int | None = None,
     seed: int | None = None,
     guidance: str | None = None,
     device: str | None = None,
     config: Config | None = None,
 ) -> Config:
-    """Start from `config` (or the named preset) and apply the common overrides."""
+    """Start from `config` (or the named preset; "auto": see `auto_preset`) and apply the common overrides."""
+    if config is None and preset == "auto":
+        preset, device = auto_preset(device)
     if config is None:
         if preset not in PRESETS:
-            raise UserError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+            raise UserError(f"unknown preset '{preset}'; choose one of: auto, {', '.join(PRESETS)}")
         config = PRESETS[preset]()
     train = config.train
     if steps is not None:
@@ -104,7 +117,7 @@ def resolve_config(
 def generate(
     prompt: str,
     *,
-    preset: str = "default",
+    preset: str = "auto",
     out: str | Path | None = None,
     steps: int | None = None,
     seed: int | None = None,

@@ -46,7 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("prompt", help="what to make, e.g. \"a ceramic mug\"")
     gen.add_argument("--out", type=Path, default=None, help="run folder (default: outputs/<prompt>)")
-    gen.add_argument("--preset", default="default", help="smoke | cpu | default | paper (default: default)")
+    gen.add_argument(
+        "--preset",
+        default="auto",
+        help="auto | smoke | cpu | default | paper (default: auto = default on a GPU, cpu on a CPU)",
+    )
     gen.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's)")
     gen.add_argument("--steps", type=int, default=None, help="optimization steps (default: the preset's)")
     gen.add_argument("--guidance", default=None, help="guidance backend (default: the preset's)")
@@ -158,9 +162,13 @@ def _apply_overrides(cfg, extra: list[str], prog: str):
 
 
 def _generate(args: argparse.Namespace, extra: list[str]) -> int:
-    from dreamfusion.api import generate, resolve_config
+    from dreamfusion.api import auto_preset, generate, resolve_config
 
-    cfg = resolve_config(args.preset, args.steps, args.seed, args.guidance, args.device)
+    preset, device = args.preset, args.device
+    if preset == "auto":
+        preset, device = auto_preset(device)
+        print(f"preset:      {preset} on {device} (auto; --preset and --device choose)")
+    cfg = resolve_config(preset, args.steps, args.seed, args.guidance, device)
     cfg = _apply_overrides(cfg, extra, "dreamfusion generate PROMPT")
     if args.model is not None:
         cfg = dataclasses.replace(cfg, guidance=dataclasses.replace(cfg.guidance, model=args.model))
@@ -310,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "presets":
             from dreamfusion.presets import PRESETS
 
+            print(f"{'auto':8s} generate's default: `default` on a GPU, `cpu` on a CPU")
             for name, fn in PRESETS.items():
                 print(f"{name:8s} {(fn.__doc__ or '').strip().splitlines()[0]}")
             return 0
