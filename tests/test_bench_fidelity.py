@@ -85,6 +85,8 @@ def test_two_runs_write_the_report_then_resume_without_training(tmp_path, capsys
         seconds = [p["train_seconds"] for p in curve]
         assert seconds == sorted(seconds) and seconds[-1] == run["train_seconds"] > 0
         assert curve[0]["iou"] == run["initial_iou"] and curve[-1]["iou"] == run["iou"]
+        assert curve[-1]["support_iou"] == run["support_iou"]
+        assert all(0.0 <= p["support_iou"] <= 1.0 for p in curve)
     assert [p["step"] for p in report["time_to_quality"]] == [0, 1, 2]
     targets = report["summary"]["targets"]
     assert len(targets) == 4 and targets[3]["met"] is None  # no fronted composite among these runs

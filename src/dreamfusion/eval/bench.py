@@ -319,7 +319,7 @@ def quality_curve(run_dir: Path, object_name: str, device: str, resolution: int,
     (whose numbers `final`, evaluate_run's, already hold). Same level rule and grid as evaluate_run."""
     from dreamfusion.checkpoint import list_checkpoints, load_checkpoint
     from dreamfusion.eval.fidelity import render_level
-    from dreamfusion.eval.geometry import aligned_iou, density_grid, iou, truth_grid
+    from dreamfusion.eval.geometry import aligned_iou, density_grid, iou, support_level, truth_grid
     from dreamfusion.loading import load_run
 
     points = [
@@ -328,6 +328,7 @@ def quality_curve(run_dir: Path, object_name: str, device: str, resolution: int,
             "train_seconds": 0.0,
             "iou": final["initial_iou"],
             "scaled_iou": final["initial_scaled_iou"],
+            "support_iou": final.get("initial_support_iou"),
         }
     ]
     for path in list_checkpoints(run_dir / "checkpoints")[:-1]:
@@ -342,6 +343,8 @@ def quality_curve(run_dir: Path, object_name: str, device: str, resolution: int,
                 "train_seconds": float(load_checkpoint(path).meta.get("elapsed_s", math.nan)),
                 "iou": iou(density > level, truth),
                 "scaled_iou": aligned_iou(density, bound, object_name, level).iou,
+                "support_iou": iou(density > support_level(density), truth),
+                "level": level,
             }
         )
     points.append(
@@ -350,6 +353,8 @@ def quality_curve(run_dir: Path, object_name: str, device: str, resolution: int,
             "train_seconds": final["train_seconds"],
             "iou": final["iou"],
             "scaled_iou": final["scaled_iou"],
+            "support_iou": final.get("support_iou"),
+            "level": final.get("level"),
         }
     )
     return points

@@ -129,6 +129,7 @@ def time_to_quality(records: list[dict]) -> list[dict]:
                 "mean_train_seconds": _mean(p["train_seconds"] for _, p in pairs),
                 "mean_iou": _mean(p["iou"] for _, p in pairs),
                 "mean_scaled_iou": _mean(p["scaled_iou"] for _, p in pairs),
+                "mean_support_iou": _mean(p.get("support_iou") for _, p in pairs),
                 "primitives_mean_iou": _mean(p["iou"] for r, p in pairs if r["object"] in PRIMITIVES),
             }
         )
@@ -262,13 +263,15 @@ def markdown(report: dict) -> str:
         "IoU at true scale of every saved checkpoint against its training seconds, averaged over the runs "
         "(step 0 is the initial field).",
         "",
-        "| step | runs | mean train s | mean IoU | mean scaled IoU | primitives: mean IoU |",
-        "|---|---|---|---|---|---|",
+        "| step | runs | mean train s | mean IoU | mean scaled IoU | mean support IoU | "
+        "primitives: mean IoU |",
+        "|---|---|---|---|---|---|---|",
     ]
     for p in report["time_to_quality"]:
         lines.append(
             f"| {p['step']} | {p['runs']} | {_fmt(p['mean_train_seconds'], 1)} | {_fmt(p['mean_iou'])} | "
-            f"{_fmt(p['mean_scaled_iou'])} | {_fmt(p['primitives_mean_iou'])} |"
+            f"{_fmt(p['mean_scaled_iou'])} | {_fmt(p.get('mean_support_iou'))} | "
+            f"{_fmt(p['primitives_mean_iou'])} |"
         )
     views = ", ".join(VIEWS)
     lines += ["", f"Contact sheet ({views}: result, then truth): ![contact sheet](contact_sheet.png)"]
