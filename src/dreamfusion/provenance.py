@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
+from pathlib import Path
 
 import torch
 
@@ -23,11 +25,20 @@ def machine_info(**extra: str) -> dict[str, object]:
 
 
 def git_commit() -> str:
-    """The short hash of HEAD, or "unknown" outside a git checkout."""
+    """The short hash of HEAD of the checkout this package runs from, "+dirty" when tracked files
+    differ from it, or "unknown" outside a git checkout. $DREAMFUSION_COMMIT overrides it (for a copy
+    of the tree whose .git is stale or absent, such as a remote machine's)."""
+    override = os.environ.get("DREAMFUSION_COMMIT", "").strip()
+    if override:
+        return override
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=here).stdout
+
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        )
-        return out.stdout.strip()
+        commit = git("rev-parse", "--short", "HEAD").strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no").strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    return commit + ("+dirty" if dirty else "")
