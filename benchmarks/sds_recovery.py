@@ -25,6 +25,7 @@ import torch
 
 import dreamfusion
 from dreamfusion.errors import UserError
+from dreamfusion.eval.bench_report import cell, front_cell
 from dreamfusion.eval.fidelity import evaluate_run
 from dreamfusion.loading import find_checkpoint
 from dreamfusion.provenance import git_commit
@@ -48,16 +49,6 @@ def parse_run(spec: str) -> tuple[str, str, int]:
     return parts[0], parts[1], int(parts[2])
 
 
-def _fmt(value, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 def markdown(report: dict) -> str:
     lines = [
         "# SDS with the bundled prior: recovery of world objects",
@@ -71,19 +62,13 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["runs"]:
-        front = "-"
-        if "front_correct" in r:
-            if r["front_correct"]:
-                front = "right"
-            else:
-                front = "tied" if r["front_best"] == 0 else f"turned {r['front_best']} deg"
-            front += ", two fronts" if r["two_fronts"] else ""
+        front = front_cell(r)
         color = f"{r['nearest_color']} ({'ok' if r['color_correct'] else 'WRONG'})"
         shape = r["identified"] + ("" if r["shape_correct"] else " (WRONG)")
         lines.append(
-            f"| {r['prompt']} | {r['seed']} | {_fmt(r['iou'])} | {_fmt(r['initial_iou'])} | "
-            f"{_fmt(r['scaled_iou'])} ({r['scale']:.2f}) | {shape} | {color} | {_fmt(r.get('chamfer'), 4)} | "
-            f"{front} | {_fmt(r['train_seconds'], 1)} | {_fmt(r['wall_seconds'], 1)} | {r['steps']} |"
+            f"| {r['prompt']} | {r['seed']} | {cell(r['iou'])} | {cell(r['initial_iou'])} | "
+            f"{cell(r['scaled_iou'])} ({r['scale']:.2f}) | {shape} | {color} | {cell(r.get('chamfer'), 4)} | "
+            f"{front} | {cell(r['train_seconds'], 1)} | {cell(r['wall_seconds'], 1)} | {r['steps']} |"
         )
     s = report["summary"]
     lines += [

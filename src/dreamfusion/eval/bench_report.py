@@ -168,7 +168,8 @@ def build_report(options, prompt_set, records: list[dict], total: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------- markdown
-def _fmt(value, digits: int = 3) -> str:
+def cell(value, digits: int = 3) -> str:
+    """A table cell: "-" for None, yes/no for booleans, floats to `digits` places."""
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -178,7 +179,8 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
-def _front(r: dict) -> str:
+def front_cell(r: dict) -> str:
+    """A run's front-consistency verdict in words ("-" for objects without a front)."""
     if "front_correct" not in r:
         return "-"
     if r["front_correct"]:
@@ -209,7 +211,7 @@ def markdown(report: dict) -> str:
         "|---|---|---|",
     ]
     for t in s["targets"]:
-        lines.append(f"| {t['target']} | {_fmt(t['value'])} | {_fmt(t['met'])} |")
+        lines.append(f"| {t['target']} | {cell(t['value'])} | {cell(t['met'])} |")
     groups = [(name, s[name]) for name in ("primitives", "composites", "all") if s[name]["runs"]]
     lines += [
         "",
@@ -219,10 +221,10 @@ def markdown(report: dict) -> str:
     ]
     for name, g in groups:
         lines.append(
-            f"| {name} | {g['runs']} | {_fmt(g['mean_iou'])} | {_fmt(g['min_iou'])} | "
-            f"{_fmt(g['mean_scaled_iou'])} | {_fmt(g['mean_initial_iou'])} | {_fmt(g['mean_support_iou'])} | "
-            f"{g['support_shape_correct']}/{g['runs']} | {_fmt(g['mean_chamfer'], 4)} | "
-            f"{_fmt(g['mean_color_error'])} |"
+            f"| {name} | {g['runs']} | {cell(g['mean_iou'])} | {cell(g['min_iou'])} | "
+            f"{cell(g['mean_scaled_iou'])} | {cell(g['mean_initial_iou'])} | {cell(g['mean_support_iou'])} | "
+            f"{g['support_shape_correct']}/{g['runs']} | {cell(g['mean_chamfer'], 4)} | "
+            f"{cell(g['mean_color_error'])} |"
         )
     lines += [
         "",
@@ -232,8 +234,8 @@ def markdown(report: dict) -> str:
     lines += [
         "",
         f"Two fronts in {s['two_fronts']}/{s['fronted_runs']} fronted runs. IoU range across seeds: "
-        f"mean {_fmt(s['mean_seed_iou_range'])}, max {_fmt(s['max_seed_iou_range'])}. "
-        f"Training: {_fmt(s['total_train_seconds'], 1)} s in all.",
+        f"mean {cell(s['mean_seed_iou_range'])}, max {cell(s['max_seed_iou_range'])}. "
+        f"Training: {cell(s['total_train_seconds'], 1)} s in all.",
         "",
         "## Runs",
         "",
@@ -245,17 +247,17 @@ def markdown(report: dict) -> str:
         shape = r["identified"] + ("" if r["shape_correct"] else " (WRONG)")
         color = f"{r['nearest_color']} ({'ok' if r['color_correct'] else 'WRONG'})"
         lines.append(
-            f"| {r['prompt']} | {r['seed']} | {_fmt(r['iou'])} | {_fmt(r['scaled_iou'])} "
-            f"({r['scale']:.2f}, {r['shift']:+.2f}) | {_fmt(r['initial_iou'])} | "
-            f"{_fmt(r.get('support_iou'))} ({r.get('support_identified', '-')}) | {shape} | {color} | "
-            f"{_fmt(r['color_error'])} | {_fmt(r.get('chamfer'), 4)} | {_front(r)} | {r['steps']} | "
-            f"{_fmt(r['train_seconds'], 1)} |"
+            f"| {r['prompt']} | {r['seed']} | {cell(r['iou'])} | {cell(r['scaled_iou'])} "
+            f"({r['scale']:.2f}, {r['shift']:+.2f}) | {cell(r['initial_iou'])} | "
+            f"{cell(r.get('support_iou'))} ({r.get('support_identified', '-')}) | {shape} | {color} | "
+            f"{cell(r['color_error'])} | {cell(r.get('chamfer'), 4)} | {front_cell(r)} | {r['steps']} | "
+            f"{cell(r['train_seconds'], 1)} |"
         )
     lines += ["", "## Spread across seeds", "", "| prompt | IoU per seed | mean | range |"]
     lines += ["|---|---|---|---|"]
     for p in report["seed_spread"]:
         per_seed = ", ".join(f"s{seed}: {v:.3f}" for seed, v in zip(p["seeds"], p["ious"], strict=True))
-        lines.append(f"| {p['prompt']} | {per_seed} | {_fmt(p['mean_iou'])} | {_fmt(p['iou_range'])} |")
+        lines.append(f"| {p['prompt']} | {per_seed} | {cell(p['mean_iou'])} | {cell(p['iou_range'])} |")
     lines += [
         "",
         "## Time to quality",
@@ -269,9 +271,9 @@ def markdown(report: dict) -> str:
     ]
     for p in report["time_to_quality"]:
         lines.append(
-            f"| {p['step']} | {p['runs']} | {_fmt(p['mean_train_seconds'], 1)} | {_fmt(p['mean_iou'])} | "
-            f"{_fmt(p['mean_scaled_iou'])} | {_fmt(p.get('mean_support_iou'))} | "
-            f"{_fmt(p['primitives_mean_iou'])} |"
+            f"| {p['step']} | {p['runs']} | {cell(p['mean_train_seconds'], 1)} | {cell(p['mean_iou'])} | "
+            f"{cell(p['mean_scaled_iou'])} | {cell(p.get('mean_support_iou'))} | "
+            f"{cell(p['primitives_mean_iou'])} |"
         )
     views = ", ".join(VIEWS)
     lines += ["", f"Contact sheet ({views}: result, then truth): ![contact sheet](contact_sheet.png)"]
@@ -330,9 +332,10 @@ def contact_sheet(report: dict, out: Path) -> Path:
     y = header
     for r, row, h in zip(report["runs"], rows, heights, strict=True):
         sheet.paste(row, (LABEL_WIDTH, y))
+        front = front_cell(r)
         label = (
             f"{r['prompt']} (seed {r['seed']})\nIoU {r['iou']:.2f}, scaled {r['scaled_iou']:.2f}\n"
-            f"{r['identified']}, {r['nearest_color']}" + ("" if _front(r) == "-" else f", front {_front(r)}")
+            f"{r['identified']}, {r['nearest_color']}" + ("" if front == "-" else f", front {front}")
         )
         draw.multiline_text((4, y + 2), label, fill="black", spacing=2)
         y += h
