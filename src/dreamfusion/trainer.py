@@ -32,7 +32,7 @@ from dreamfusion.checkpoint import (
     save_checkpoint,
     unflatten_optimizer,
 )
-from dreamfusion.config import Config, to_dict
+from dreamfusion.config import Config, to_dict, validate_config
 from dreamfusion.errors import UserError
 from dreamfusion.fields import build_background, build_field
 from dreamfusion.fields.background import ConstantBackground
@@ -81,39 +81,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"device '{name}' is not supported; use cpu or cuda")
     return device
-
-
-def validate_config(cfg: Config) -> None:
-    """Reject settings that cannot run, each with one line saying which and how to fix it."""
-    checks = [
-        (cfg.train.steps > 0, f"--steps must be positive (got {cfg.train.steps})"),
-        (cfg.train.batch_size > 0, f"batch size must be positive (got {cfg.train.batch_size})"),
-        (cfg.camera.resolution > 0, f"resolution must be positive (got {cfg.camera.resolution})"),
-        (
-            cfg.render.samples_per_ray > 0,
-            f"samples per ray must be positive (got {cfg.render.samples_per_ray})",
-        ),
-        (cfg.field.bound_radius > 0, f"bound radius must be positive (got {cfg.field.bound_radius})"),
-        (
-            0.0 <= cfg.sds.t_range[0] < cfg.sds.t_range[1] <= 1.0,
-            f"sds.t_range must lie in [0, 1] and rise (got {cfg.sds.t_range})",
-        ),
-        (cfg.optim.lr > 0, f"learning rate must be positive (got {cfg.optim.lr})"),
-        (cfg.train.seed >= 0, f"--seed must be non-negative (got {cfg.train.seed})"),
-        (
-            not cfg.render.occupancy_grid
-            or (cfg.render.occupancy_resolution > 0 and cfg.render.occupancy_update_every > 0),
-            "render.occupancy_resolution and render.occupancy_update_every must be positive "
-            f"(got {cfg.render.occupancy_resolution}, {cfg.render.occupancy_update_every})",
-        ),
-        (
-            0.0 <= cfg.render.occupancy_decay <= 1.0,
-            f"render.occupancy_decay must lie in [0, 1] (got {cfg.render.occupancy_decay})",
-        ),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
 
 
 class Trainer:
