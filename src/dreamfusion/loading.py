@@ -24,6 +24,8 @@ class LoadedRun:
     background: torch.nn.Module
     checkpoint_path: Path
     step: int
+    train_seconds: float
+    """Training time up to this checkpoint (the checkpoint's elapsed_s; NaN if it has none)."""
 
     @property
     def run_dir(self) -> Path:
@@ -85,4 +87,5 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
         background=background.to(device).eval(),
         checkpoint_path=path,
         step=ckpt.step,
+        train_seconds=float(ckpt.meta.get("elapsed_s", float("nan"))),
     )

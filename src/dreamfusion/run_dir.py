@@ -71,7 +71,7 @@ def flat_diff(
     for key in sorted(keys):
         vb = b.get(key)
         default = defaults.get(key) if isinstance(defaults, dict) else None
-        va = a.get(key, default) if defaults is not None else a.get(key)
+        va = a.get(key, default)
         name = f"{prefix}{key}"
         if isinstance(va, dict) and isinstance(vb, dict):
             out += flat_diff(va, vb, name + ".", default if isinstance(default, dict) else None)

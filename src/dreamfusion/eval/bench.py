@@ -317,7 +317,7 @@ def _score(run: BenchRun, options: BenchOptions, run_dir: Path) -> dict:
 def quality_curve(run_dir: Path, object_name: str, device: str, resolution: int, final: dict) -> list[dict]:
     """IoU against training seconds: the initial field, every saved checkpoint, and the final one
     (whose numbers `final`, evaluate_run's, already hold). Same level rule and grid as evaluate_run."""
-    from dreamfusion.checkpoint import list_checkpoints, load_checkpoint
+    from dreamfusion.checkpoint import list_checkpoints
     from dreamfusion.eval.fidelity import render_level
     from dreamfusion.eval.geometry import aligned_iou, density_grid, iou, support_level, truth_grid
     from dreamfusion.loading import load_run
@@ -340,7 +340,7 @@ def quality_curve(run_dir: Path, object_name: str, device: str, resolution: int,
         points.append(
             {
                 "step": run.step,
-                "train_seconds": float(load_checkpoint(path).meta.get("elapsed_s", math.nan)),
+                "train_seconds": run.train_seconds,
                 "iou": iou(density > level, truth),
                 "scaled_iou": aligned_iou(density, bound, object_name, level).iou,
                 "support_iou": iou(density > support_level(density), truth),

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-from dreamfusion.checkpoint import load_checkpoint
 from dreamfusion.eval.front import front_consistency
 from dreamfusion.eval.geometry import (
     aligned_iou,
@@ -151,12 +150,11 @@ def evaluate_run(
     init_density = density_grid(init, resolution, bound)
     init_level = render_level(init) if level == "auto" else float(level)
     truth = truth_grid(object_name, resolution, bound, init_density.device)
-    meta = load_checkpoint(run.checkpoint_path).meta
     result.update(
         prompt=run.prompt,
         run_dir=str(run.run_dir),
         steps=run.step,
-        train_seconds=float(meta.get("elapsed_s", float("nan"))),
+        train_seconds=run.train_seconds,
         initial_level=init_level,
         initial_iou=iou(init_density > init_level, truth),
         initial_support_iou=iou(init_density > support_level(init_density), truth),

@@ -339,9 +339,10 @@ class PriorTrainer:
                 f"--init: {path} holds a prior of another architecture than this recipe's; "
                 "start from weights trained with the same --preset"
             )
+        weights = start.state_dict()
         with torch.no_grad():
             for name, param in self.model.named_parameters():
-                param.copy_(start.state_dict()[name])
+                param.copy_(weights[name])
 
     def _ema_state(self) -> dict[str, torch.Tensor]:
         return {**self.model.state_dict(), **self.ema}
