@@ -174,9 +174,9 @@ def test_dense_or_hashed_levels():
 def test_trilinear_weights_sum_to_one():
     points = torch.rand(1000, 3, generator=torch.Generator().manual_seed(4))
     for resolution in (4, 16):
-        _, weights = trilinear_corners(points, resolution, 4096)
+        _, weights = trilinear_corners(points, [resolution], 4096)
         assert (weights >= 0).all()
-        torch.testing.assert_close(weights.sum(-1), torch.ones(1000))
+        torch.testing.assert_close(weights.sum(-1), torch.ones(1000, 1))
 
 
 def vertex_row(vertex: tuple[int, int, int], resolution: int, table_size: int) -> int:
@@ -229,14 +229,14 @@ def test_dense_level_reproduces_linear_functions():
 def test_hashed_indices_stay_in_range_and_collide():
     table_size, resolution = 4096, 64  # 65^3 vertices into 4096 rows
     points = torch.rand(20000, 3, generator=torch.Generator().manual_seed(7))
-    index, _ = trilinear_corners(points, resolution, table_size)
+    index, _ = trilinear_corners(points, [resolution], table_size)
     assert index.dtype == torch.int64
     assert index.min() >= 0 and index.max() < table_size
     lower = (points * resolution).floor().long()
     distinct_vertices = torch.unique(lower, dim=0).shape[0]  # a lower bound on vertices touched
     assert torch.unique(index).numel() < distinct_vertices  # so at least two share a row
     # Dense levels index the (r+1)^3 array and never collide.
-    index, _ = trilinear_corners(points, 8, table_size)
+    index, _ = trilinear_corners(points, [8], table_size)
     assert index.min() >= 0 and index.max() < 9**3
 
 
@@ -305,3 +305,30 @@ def test_hash_encoding_rejects_bad_sizes():
         HashEncoding(levels=0, features=2, log2_size=12, base=4, finest=32)
     with pytest.raises(ValueError, match="below"):
         HashEncoding(levels=2, features=2, log2_size=12, base=64, finest=32)
+
+
+def test_levels_gathered_together_equal_levels_one_by_one():
+    """The GPU layout (all levels in one gather) computes what the CPU one (a level at a time)
+    does, values and gradients (first and second order, as normals need), dense and hashed."""
+    torch.manual_seed(3)
+    encoding = HashEncoding(levels=5, features=2, log2_size=12, base=4, finest=64)  # 2 dense, 3 hashed
+    with torch.no_grad():
+        for table in encoding.tables:
+            table.normal_()
+    points = torch.rand(500, 3, generator=torch.Generator().manual_seed(9))
+
+    def run(levels_per_gather):
+        encoding.levels_per_gather = levels_per_gather
+        encoding.zero_grad()
+        p = points.clone().requires_grad_(True)
+        out = encoding(p)
+        (grad,) = torch.autograd.grad(out.square().sum(), p, create_graph=True)
+        (grad.square().sum() + out.sum()).backward()
+        return out.detach(), grad.detach(), [t.grad.clone() for t in encoding.tables]
+
+    one_by_one, together, pairs = run(1), run(5), run(2)
+    for other in (together, pairs):
+        torch.testing.assert_close(other[0], one_by_one[0])
+        torch.testing.assert_close(other[1], one_by_one[1])
+        for a, b in zip(other[2], one_by_one[2], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)  # sums in another order

@@ -226,6 +226,8 @@ class GuidanceConfig:
     ~/.cache/dreamfusion (model weights stay in the Hugging Face cache, see HF_HOME)."""
     embedding_cache: bool = True
     """stable-diffusion, deepfloyd-if: reuse prompt embeddings saved on disk (keyed by model and text)."""
+    cuda_graphs: bool = True
+    """On CUDA, replay the frozen denoiser's forward from a CUDA graph (one launch instead of hundreds)."""
     compile: bool = False
     """stable-diffusion, deepfloyd-if: torch.compile the U-Net (slow first steps, faster after)."""
     channels_last: bool = False

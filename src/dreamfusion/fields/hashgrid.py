@@ -9,7 +9,9 @@ it densely (no collisions); finer ones hash the vertex coordinates into the tabl
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -36,50 +38,66 @@ def is_hashed(resolution: int, table_size: int) -> bool:
     return (resolution + 1) ** 3 > table_size
 
 
-def corner_multipliers(resolution: int, table_size: int) -> tuple[int, int, int]:
-    """Per-axis factors of the vertex index: hash primes, or strides of a dense (r+1)^3 array."""
-    if is_hashed(resolution, table_size):
-        return HASH_PRIMES
-    side = resolution + 1
-    return (1, side, side * side)
+@functools.cache
+def _level_constants(
+    resolutions: tuple[int, ...], table_size: int, device: torch.device
+) -> tuple[Tensor, Tensor, int]:
+    """Resolutions (L, 1) as floats, dense levels' index strides (Ld, 3), and Ld, made once per device.
 
-
-def trilinear_corners(unit_points: Tensor, resolution: int, table_size: int) -> tuple[Tensor, Tensor]:
-    """Table rows and trilinear weights of the 8 cell corners around each point.
-
-    unit_points (N, 3) in [0, 1]^3 -> indices (N, 8) int64 in [0, table_size) and weights (N, 8)
-    that sum to 1, corner k = 4 dx + 2 dy + dz for offsets d in {0, 1}. The weights carry the
-    gradient with respect to the points; the indices are constant.
+    The coarse levels whose (r+1)^3 vertices fit the table come first (resolutions ascend): they
+    index a dense array by strides; the finer ones hash.
     """
-    pos = unit_points * resolution  # (N, 3) in grid units
+    dense = [r for r in resolutions if not is_hashed(r, table_size)]
+    strides = torch.tensor([(1, r + 1, (r + 1) ** 2) for r in dense], dtype=torch.long).reshape(-1, 3)
+    res = torch.tensor(resolutions, dtype=torch.float32)[:, None]
+    return res.to(device), strides.to(device), len(dense)
+
+
+def trilinear_corners(
+    unit_points: Tensor, resolutions: Sequence[int], table_size: int
+) -> tuple[Tensor, Tensor]:
+    """Table rows and trilinear weights of the 8 cell corners around each point, at every level.
+
+    unit_points (N, 3) in [0, 1]^3 and L ascending resolutions -> indices (N, L, 8)
+    int64, level l's in [0, its table size), and weights (N, L, 8) that sum to 1 over the
+    corners, corner k = 4 dx + 2 dy + dz for offsets d in {0, 1}. The weights carry the gradient
+    with respect to the points; the indices are constant. All levels at once, a few dozen kernels
+    whatever L: on a GPU, a loop over levels spends its time launching them.
+    """
+    res, strides, dense = _level_constants(tuple(resolutions), table_size, unit_points.device)
+    pos = unit_points[:, None, :] * res  # (N, L, 3) in grid units
     # A point on the far face (pos = resolution) belongs to the last cell, with fraction 1.
-    lower = pos.detach().floor().clamp(0, resolution - 1)
-    frac = pos - lower  # (N, 3) in [0, 1]
-    lower_i = lower.long()
-    corner = torch.stack((lower_i, lower_i + 1), dim=-1)  # (N, 3, 2) vertex coordinates
-    mx, my, mz = corner_multipliers(resolution, table_size)
-    x = (corner[:, 0] * mx)[:, :, None, None]  # (N, 2, 1, 1)
-    y = (corner[:, 1] * my)[:, None, :, None]
-    z = (corner[:, 2] * mz)[:, None, None, :]
-    if is_hashed(resolution, table_size):
-        index = (x ^ y ^ z) & (table_size - 1)  # (N, 2, 2, 2); table_size is a power of two
-    else:
-        index = x + y + z
-    # Products of (N,) columns rather than broadcasting (N, 2, 1, 1) * (N, 1, 2, 1) ...: on CPU
-    # this halves the cost of the double backward that normals need.
+    lower = torch.minimum(pos.detach().floor().clamp_min(0), res - 1)
+    frac = pos - lower  # (N, L, 3) in [0, 1]
+    corner = lower.long()[..., None] + torch.arange(2, device=lower.device)  # (N, L, 3, 2)
+    # Dense levels sum their strided coordinates; hashed ones XOR the prime-scaled coordinates
+    # and keep the low bits (table_size is a power of two).
+    d = corner[:, :dense] * strides[..., None]
+    h = corner[:, dense:] * torch.tensor(HASH_PRIMES, device=corner.device)[:, None]
+    index = torch.cat(
+        (
+            d[:, :, 0, :, None, None] + d[:, :, 1, None, :, None] + d[:, :, 2, None, None, :],
+            (h[:, :, 0, :, None, None] ^ h[:, :, 1, None, :, None] ^ h[:, :, 2, None, None, :])
+            & (table_size - 1),
+        ),
+        dim=1,
+    )  # (N, L, 2, 2, 2)
+    # Products of (N, L) columns rather than one broadcast (N, L, 2, 2, 2) product: on CPU this
+    # halves the cost of the double backward that normals need.
     fx, fy, fz = frac.unbind(-1)
     xs, ys, zs = (1.0 - fx, fx), (1.0 - fy, fy), (1.0 - fz, fz)
     xy = [xs[dx] * ys[dy] for dx in (0, 1) for dy in (0, 1)]
-    weights = torch.stack([w * zs[dz] for w in xy for dz in (0, 1)], dim=-1)  # (N, 8)
-    return index.reshape(-1, 8), weights
+    weights = torch.stack([w * zs[dz] for w in xy for dz in (0, 1)], dim=-1)  # (N, L, 8)
+    return index.flatten(2), weights
 
 
 class HashEncoding(nn.Module):
     """(N, 3) points in [0, 1]^3 -> (N, levels * features) concatenated per-level features.
 
     Dense levels get a table of exactly (r + 1)^3 rows, hashed ones 2^log2_size. One parameter
-    per level (not one flat table sliced per level): the backward of a slice would materialize
-    a zero gradient of the whole table for every level.
+    per level, concatenated for a single gather: the concatenation's backward hands each table a
+    slice of one gradient, where slicing one flat parameter per level would materialize a zero
+    gradient of the whole table for every level.
     """
 
     def __init__(self, levels: int, features: int, log2_size: int, base: int, finest: int):
@@ -94,20 +112,44 @@ class HashEncoding(nn.Module):
         self.resolutions = grid_resolutions(base, finest, levels)
         self.out_dim = levels * features
         self.tables = nn.ParameterList(
-            nn.Parameter(torch.empty(min(self.table_size, (r + 1) ** 3), features).uniform_(-1e-4, 1e-4))
+            nn.Parameter(
+                torch.empty(
+                    self.table_size if is_hashed(r, self.table_size) else (r + 1) ** 3, features
+                ).uniform_(-1e-4, 1e-4)
+            )
             for r in self.resolutions
         )
+        rows = [t.shape[0] for t in self.tables]
+        self.levels_per_gather: int | None = None  # None: all on CUDA, one on CPU (see forward)
+        # A buffer, so it follows the module to its device; not saved (the config rebuilds it).
+        self.register_buffer("level_offsets", torch.tensor([0, *rows[:-1]]).cumsum(0), persistent=False)
 
     def forward(self, unit_points: Tensor) -> Tensor:
+        n = len(unit_points)
+        # Levels in groups, each a single gather from its tables end to end: all levels at once
+        # on a GPU (where the time goes to launching kernels, not to the arithmetic), one level
+        # at a time on a CPU (where a level's working set stays in cache).
+        step = self.levels_per_gather or (len(self.resolutions) if unit_points.is_cuda else 1)
         out = []
         # float32 even under autocast: at 1024 cells per side, bfloat16 weights would quantize
         # positions (and so the normals) to a few cells.
         with torch.autocast(unit_points.device.type, enabled=False):
-            for resolution, table in zip(self.resolutions, self.tables, strict=True):
-                index, weights = trilinear_corners(unit_points.float(), resolution, self.table_size)
-                corners = table.index_select(0, index.reshape(-1)).view(*index.shape, -1)  # (N, 8, F)
-                out.append(torch.bmm(weights[:, None, :], corners)[:, 0])  # (N, F)
-        return torch.cat(out, dim=-1)
+            for first in range(0, len(self.resolutions), step):
+                levels = range(first, min(first + step, len(self.resolutions)))
+                index, weights = trilinear_corners(
+                    unit_points.float(), self.resolutions[levels.start : levels.stop], self.table_size
+                )
+                # The concatenation's backward hands each level's table its slice of the gradient.
+                tables = [self.tables[level] for level in levels]
+                table = tables[0] if len(tables) == 1 else torch.cat(tables)
+                index = (
+                    index
+                    + self.level_offsets[levels.start : levels.stop, None]
+                    - self.level_offsets[levels.start]
+                )
+                corners = table.index_select(0, index.reshape(-1)).view(n * len(levels), 8, -1)
+                out.append(torch.bmm(weights.reshape(n * len(levels), 1, 8), corners).view(n, -1))
+        return torch.cat(out, dim=-1)  # level-major: level l's F features at l F ...
 
 
 class HashGridField(nn.Module):

@@ -26,6 +26,7 @@ from dreamfusion import sds
 from dreamfusion.cameras import Cameras
 from dreamfusion.config import GuidanceConfig, SDSConfig
 from dreamfusion.errors import UserError
+from dreamfusion.graphs import GraphedForward
 from dreamfusion.guidance.base import SDSOutput
 from dreamfusion.guidance.unet_sds import annealed_t_range
 from dreamfusion.prior.model import PriorModel, expected_sha256, load_prior, sha256_sidecar
@@ -50,13 +51,28 @@ class BundledGuidance:
     """The Guidance protocol around a PriorModel."""
 
     def __init__(
-        self, model: PriorModel, sds_cfg: SDSConfig, dtype: str = "auto", shading_aware: bool = True
+        self,
+        model: PriorModel,
+        sds_cfg: SDSConfig,
+        dtype: str = "auto",
+        shading_aware: bool = True,
+        cuda_graphs: bool = True,
     ) -> None:
         self.model = model.eval().requires_grad_(False)
         self.shading_aware = shading_aware
         self.sds_cfg = sds_cfg
         # The model is small: float32 by default; bfloat16/float16 run it under autocast on CUDA.
         self.autocast_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+        self._eps = GraphedForward(self._eps_eager, enabled=cuda_graphs)
+
+    def _eps_eager(
+        self, z: Tensor, t: Tensor, tokens: Tensor, mask: Tensor, pooled: Tensor, camera: Tensor, mode: Tensor
+    ) -> Tensor:
+        """The prior's noise prediction from tensors alone (so it can be replayed from a CUDA graph);
+        an empty mode means the shading is not told."""
+        with self._autocast(z.device):
+            text = TextStates(tokens, mask, pooled)
+            return self.model.eps(z, t, text, camera, mode if mode.numel() else None)
 
     @property
     def alphas_cumprod(self) -> Tensor:
@@ -109,13 +125,14 @@ class BundledGuidance:
         # The prior was trained knowing each image's shading (or not, 30% of the time). Telling it
         # the render's shading lets an albedo render be judged as a colored object and a
         # textureless one as bare geometry; otherwise "a red sphere" also admits white renders.
-        mode = None
+        mode = torch.empty(0, device=device, dtype=torch.long)  # empty: shading not told
         if self.shading_aware and shading is not None:
             mode = torch.full((2 * B,), SHADING_MODES.index(shading), device=device, dtype=torch.long)
 
         def denoise(z_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-            with self._autocast(device):
-                eps = model.eps(torch.cat([z_t, z_t]), torch.cat([t, t]), both, camera, mode)
+            eps = self._eps(
+                torch.cat([z_t, z_t]), torch.cat([t, t]), both.tokens, both.mask, both.pooled, camera, mode
+            )
             eps_uncond, eps_cond = eps.to(z_t.dtype).chunk(2)
             return eps_uncond, eps_cond
 
@@ -146,4 +163,4 @@ def load_bundled(cfg: GuidanceConfig, sds_cfg: SDSConfig, device: torch.device) 
                 f"the bundled prior's checksum file {sha256_sidecar(path)} is missing; reinstall the package"
             )
     model = load_prior(path, device)
-    return BundledGuidance(model, sds_cfg, cfg.dtype, cfg.shading_aware)
+    return BundledGuidance(model, sds_cfg, cfg.dtype, cfg.shading_aware, cfg.cuda_graphs)

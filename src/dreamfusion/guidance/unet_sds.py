@@ -19,6 +19,7 @@ from torch import Tensor
 from dreamfusion import sds
 from dreamfusion.cameras import Cameras
 from dreamfusion.config import GuidanceConfig, SDSConfig
+from dreamfusion.graphs import GraphedForward
 from dreamfusion.guidance.base import SDSOutput
 from dreamfusion.guidance.diffusers_common import PromptEmbeddings
 from dreamfusion.guidance.perp_neg import UNCOND, perp_neg_conditional, perp_neg_plan
@@ -60,6 +61,13 @@ class FrozenUNet:
     prediction_type: str
     dtype: torch.dtype
     channels: int  # input channels; IF also predicts a variance range in the next `channels`
+    cuda_graphs: bool = False
+
+    def __post_init__(self) -> None:
+        self._forward = GraphedForward(self._forward_eager, enabled=self.cuda_graphs)
+
+    def _forward_eager(self, z_t: Tensor, t: Tensor, emb: Tensor) -> Tensor:
+        return self.unet(z_t, t, encoder_hidden_states=emb, return_dict=False)[0]
 
     def eps(self, z_t: Tensor, t: Tensor, emb: Tensor) -> Tensor:
         """Noise prediction in float32: z_t (N, C, H, W), t (N,), emb (N, L, D) -> (N, C, H, W).
@@ -67,7 +75,7 @@ class FrozenUNet:
         Cast in and out explicitly (no autocast): a float16 U-Net sees float16 inputs and the SDS
         arithmetic after it stays in float32.
         """
-        out = self.unet(z_t.to(self.dtype), t, encoder_hidden_states=emb.to(self.dtype), return_dict=False)[0]
+        out = self._forward(z_t.to(self.dtype), t, emb.to(self.dtype))
         out = out[:, : self.channels].float()
         return to_epsilon(out, z_t.float(), self.alphas_cumprod[t], self.prediction_type)
 
@@ -84,6 +92,8 @@ def frozen_unet(unet: Any, scheduler: Any, cfg: GuidanceConfig) -> FrozenUNet:
         prediction_type=scheduler.config.prediction_type,
         dtype=unet.dtype,
         channels=unet.config.in_channels,
+        # torch.compile makes its own graphs (mode="reduce-overhead"); one capture is enough.
+        cuda_graphs=cfg.cuda_graphs and not cfg.compile,
     )
 
 
