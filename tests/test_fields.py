@@ -332,3 +332,30 @@ def test_levels_gathered_together_equal_levels_one_by_one():
         torch.testing.assert_close(other[1], one_by_one[1])
         for a, b in zip(other[2], one_by_one[2], strict=True):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)  # sums in another order
+
+
+def test_hash_encoding_on_cuda_equals_cpu():
+    """The CUDA layout (all levels in one gather, elementwise mixing) against the CPU one (a level
+    at a time, bmm): values, the gradient w.r.t. points and the tables' gradients."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device: the CUDA layout is checked on the GPU machine")
+    torch.manual_seed(4)
+    cpu = HashEncoding(levels=5, features=2, log2_size=12, base=4, finest=64)
+    with torch.no_grad():
+        for table in cpu.tables:
+            table.normal_()
+    gpu = HashEncoding(levels=5, features=2, log2_size=12, base=4, finest=64).cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    points = torch.rand(500, 3, generator=torch.Generator().manual_seed(9))
+    results = []
+    for encoding, device in ((cpu, "cpu"), (gpu, "cuda")):
+        p = points.to(device).requires_grad_(True)
+        out = encoding(p)
+        (grad,) = torch.autograd.grad(out.square().sum(), p, create_graph=True)
+        (grad.square().sum() + out.sum()).backward()
+        results.append((out.detach().cpu(), grad.detach().cpu(), [t.grad.cpu() for t in encoding.tables]))
+    (out_c, grad_c, tables_c), (out_g, grad_g, tables_g) = results
+    torch.testing.assert_close(out_g, out_c, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grad_g, grad_c, rtol=1e-4, atol=1e-4)
+    for a, b in zip(tables_g, tables_c, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
