@@ -20,35 +20,35 @@ from dreamfusion.config import (
 )
 
 
-def _bundled_world(cfg: Config) -> Config:
+def _bundled_world(cfg: Config, guidance_scale: float = 7.5) -> Config:
     """Distill from the bundled prior under the camera range it was trained on (views from below
-    included, with their "bottom view" suffix), over random solid backgrounds, at CFG 7.5."""
+    included, with their "bottom view" suffix), over random solid backgrounds."""
     return dataclasses.replace(
         cfg,
         camera=dataclasses.replace(cfg.camera, elevation_range=(-45.0, 90.0), bottom_view_below=-20.0),
         background=dataclasses.replace(cfg.background, kind="random"),
         guidance=dataclasses.replace(cfg.guidance, name="bundled"),
-        # CFG 7.5 beat 20 and 5 in 400-step CPU runs (sphere IoU 0.55 vs 0.50; torus 0.19 vs fog).
-        sds=dataclasses.replace(cfg.sds, guidance_scale=7.5),
+        sds=dataclasses.replace(cfg.sds, guidance_scale=guidance_scale),
     )
 
 
 def default() -> Config:
     """The project's choice for one GPU: bundled prior, hash grid, 1,500 steps of 64x64, Adam from
     1e-2 down a cosine to 1e-4, albedo-only for the first 200 steps."""
-    # H100 runs (seed 0) read every 200-250 steps: the shape is found in the first few hundred
-    # steps; at a constant 1e-2 a cube then dissolved (support IoU 0.60 -> 0.37 by step 1500),
-    # under the cosine it held (0.62 -> 0.64); the torus kept improving to step 1000. Tables:
-    # docs/results/sds_recovery_h100.md. Empty-space skipping: same IoU as without it in 400-step
-    # CPU runs, and once training has emptied space the field is evaluated at a half to
-    # three-quarters of the samples.
+    # H100 runs (seed 0) read every 200-250 steps (docs/results/sds_recovery_h100.md): the shape
+    # is found in the first few hundred steps; at a constant 1e-2 a cube then dissolved (support
+    # IoU 0.60 -> 0.37 by step 1500), under the cosine it held (0.62 -> 0.64). CFG 20 over 7.5 at
+    # 1,500 steps: blue cube support IoU 0.67 vs 0.35, orange torus 0.77 vs 0.67, red sphere 0.90
+    # vs 0.91. Empty-space skipping: same IoU as without it in 400-step CPU runs, and once
+    # training has emptied space the field is evaluated at a half to three-quarters of the samples.
     return _bundled_world(
         Config(
             render=RenderConfig(occupancy_grid=True),
             shading=ShadingConfig(albedo_warmup_steps=200),
             optim=OptimConfig(schedule="cosine", final_lr=1e-4),
             train=TrainConfig(steps=1500, checkpoint_every=250, preview_every=250),
-        )
+        ),
+        guidance_scale=20.0,
     )
 
 
@@ -105,6 +105,7 @@ def paper() -> Config:
 
 def cpu() -> Config:
     """A short run that finishes on a laptop CPU: bundled prior, small hash grid, fewer samples and steps."""
+    # CFG 7.5 beat 20 and 5 in 400-step CPU runs (sphere IoU 0.55 vs 0.50; torus 0.19 vs fog).
     return _bundled_world(
         Config(
             field=FieldConfig(
