@@ -162,3 +162,20 @@ def test_bad_input_gets_one_line_and_writes_nothing(tmp_path, capsys, argv, mess
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not out.exists()
+
+
+def test_runs_in_parallel_processes_give_the_same_report(tmp_path):
+    """--jobs 2: the two runs train in two spawned processes; the report lists them in the set's
+    order, says two ran at once, and the numbers equal a one-at-a-time benchmark's (same seeds)."""
+    if not PRIOR_PATH.is_file():
+        pytest.skip(f"the bundled prior's weights are not installed ({PRIOR_PATH})")
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    assert main(["bench", "fidelity", *TINY, "--out", str(serial)]) == 0
+    assert main(["bench", "fidelity", *TINY, "--out", str(parallel), "--jobs", "2"]) == 0
+    one, two = _report(serial), _report(parallel)
+    assert two["jobs"] == 2 and "--jobs 2" in two["command"] and two["complete"]
+    assert [r["prompt"] for r in two["runs"]] == [r["prompt"] for r in one["runs"]]
+    for a, b in zip(one["runs"], two["runs"], strict=True):
+        assert b["trained_now"] and b["iou"] == pytest.approx(a["iou"], abs=1e-6)
+        assert b["albedo"] == pytest.approx(a["albedo"], abs=1e-5)
+    assert "2 runs trained at once" in (parallel / "fidelity.md").read_text()

@@ -103,6 +103,9 @@ def _bench_parser(sub) -> None:
     fid.add_argument("--no-mesh", action="store_true", help="skip the mesh and its Chamfer distance")
     fid.add_argument("--keep-checkpoints", action="store_true",
                      help="keep every checkpoint of a scored run (default: only the newest)")
+    fid.add_argument(
+        "--jobs", type=int, default=1, help="runs trained at once, each in its own process (default 1)"
+    )
     fid.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -290,6 +293,7 @@ def _bench(args: argparse.Namespace, extra: list[str]) -> int:
         mesh=not args.no_mesh,
         frame_size=args.frame_size,
         keep_checkpoints=args.keep_checkpoints,
+        jobs=args.jobs,
     )
     report = run_benchmark(options, log=lambda line: print(line, flush=True))
     print(f"report:      {args.out / 'fidelity.md'} ({report['runs_done']} runs)")

@@ -16,9 +16,11 @@ is scored only its newest checkpoint is kept (unless `keep_checkpoints`).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import math
+import multiprocessing
 import shutil
 import time
 from collections.abc import Callable
@@ -127,6 +129,8 @@ class BenchOptions:
     resolution: int = 64
     mesh: bool = True
     frame_size: int = 96
+    jobs: int = 1
+    """Runs trained at once, each in its own process (see run_benchmark)."""
     keep_checkpoints: bool = False
     """Keep every checkpoint of a scored run; by default only the newest stays (the curve is in
     RUN/SCORE_FILE), as a default-preset run's eleven would take 1.5 GB."""
@@ -156,6 +160,8 @@ class BenchOptions:
             parts.append("--no-mesh")
         if self.keep_checkpoints:
             parts.append("--keep-checkpoints")
+        if self.jobs > 1:
+            parts.append(f"--jobs {self.jobs}")
         return " ".join(parts + list(self.overrides))
 
 
@@ -169,6 +175,8 @@ def check_options(options: BenchOptions) -> tuple[PromptSet, list[BenchRun]]:
         raise UserError(f"--checkpoint-every must be at least 1 (got {every})")
     if not 16 <= options.frame_size <= 512:
         raise UserError(f"--frame-size must be between 16 and 512 (got {options.frame_size})")
+    if options.jobs < 1:
+        raise UserError(f"--jobs must be at least 1 (got {options.jobs})")
     if options.out.exists() and not options.out.is_dir():
         raise UserError(f"--out {options.out} is a file; pass a folder")
     from dreamfusion.trainer import resolve_device, validate_config
@@ -180,25 +188,57 @@ def check_options(options: BenchOptions) -> tuple[PromptSet, list[BenchRun]]:
 
 
 def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> dict:
-    """Train (or resume) and score every selected run; write the report after each. Returns it."""
+    """Train (or resume) and score every selected run; write the report after each. Returns it.
+
+    With `options.jobs` > 1, that many runs train at once, each in its own process: a small
+    field and prior leave most of a GPU idle, so several runs share it at a higher total rate
+    (six default-preset runs at once on an H100: 53 steps/s against 30 for one). Each run's
+    own seconds then count the sharing; the report says how many ran at once.
+    """
     from dreamfusion.eval.bench_report import build_report, write_report
 
     prompt_set, runs = check_options(options)
-    records, report = [], {}
-    for i, run in enumerate(runs):
-        record = bench_run(run, options)
-        records.append(record)
-        done = "scored" if record["scored_now"] else "read back"
+    done: dict[int, dict] = {}
+    report: dict = {}
+
+    def finished(i: int, record: dict) -> None:
+        nonlocal report
+        done[i] = record
+        run = runs[i]
+        scored = "scored" if record["scored_now"] else "read back"
         trained = "trained" if record["trained_now"] else "not retrained"
         seconds = record["train_seconds"]
         log(
-            f"[{i + 1}/{len(runs)}] {run.prompt.text} (seed {run.seed}): IoU {record['iou']:.3f} "
+            f"[{len(done)}/{len(runs)}] {run.prompt.text} (seed {run.seed}): IoU {record['iou']:.3f} "
             f"(initial {record['initial_iou']:.3f}, scaled {record['scaled_iou']:.3f}), "
             f"{record['identified']}, {record['nearest_color']}; {record['steps']} steps in "
-            f"{'?' if seconds is None else f'{seconds:.1f}'} s ({trained}, {done})"
+            f"{'?' if seconds is None else f'{seconds:.1f}'} s ({trained}, {scored})"
         )
+        records = [done[k] for k in sorted(done)]  # in the set's order, whatever finished first
         report = build_report(options, prompt_set, records, total=len(runs))
         write_report(report, options.out)
+
+    if options.jobs <= 1:
+        for i, run in enumerate(runs):
+            finished(i, bench_run(run, options))
+        return report
+    # Workers start fresh interpreters (spawn): CUDA cannot be used in a forked child.
+    context = multiprocessing.get_context("spawn")
+    quiet = dataclasses.replace(
+        options,
+        config=dataclasses.replace(
+            options.config, train=dataclasses.replace(options.config.train, progress=False)
+        ),
+    )
+    with concurrent.futures.ProcessPoolExecutor(options.jobs, mp_context=context) as pool:
+        futures = {pool.submit(bench_run, run, quiet): i for i, run in enumerate(runs)}
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                finished(futures[future], future.result())
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
     return report
 
 

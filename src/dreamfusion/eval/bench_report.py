@@ -156,6 +156,7 @@ def build_report(options, prompt_set, records: list[dict], total: int) -> dict:
         "checkpoint_every": cfg.train.checkpoint_every,
         "resolution": options.resolution,
         "mesh": options.mesh,
+        "jobs": options.jobs,
         "runs_done": len(records),
         "runs_total": total,
         "complete": len(records) == total,
@@ -203,7 +204,12 @@ def markdown(report: dict) -> str:
         f"Preset {report['preset']}, guidance {report['guidance']}, {report['steps']} steps "
         f"(checkpoint every {report['checkpoint_every']}); IoUs on a {report['resolution']}^3 grid at "
         f"the render level. {report['runs_done']}/{report['runs_total']} runs"
-        + ("." if report["complete"] else " (incomplete: run the command again to resume)."),
+        + ("." if report["complete"] else " (incomplete: run the command again to resume).")
+        + (
+            f" {report['jobs']} runs trained at once: each run's seconds count the sharing."
+            if report.get("jobs", 1) > 1
+            else ""
+        ),
         "",
         "## Targets",
         "",
