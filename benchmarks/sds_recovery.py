@@ -54,19 +54,20 @@ def markdown(report: dict) -> str:
         "# SDS with the bundled prior: recovery of world objects",
         "",
         f"Command: `{report['command']}`  ",
-        f"Commit {report['commit']}, {report['device']}; preset {report['preset']}, "
-        f"occupancy level {report['level']:.1f} on a {report['resolution']}^3 grid.",
+        f"Commit {report['commit']}, {report['device']}; preset {report['preset']}; occupancy on a "
+        f"{report['resolution']}^3 grid at each run's render level (IoU) and support level (support IoU).",
         "",
-        "| prompt | seed | IoU | initial IoU | scaled IoU (scale) | identified | albedo -> nearest color | "
-        "Chamfer | front | train s | wall s | steps |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| prompt | seed | IoU | support IoU | initial IoU | scaled IoU (scale) | identified | "
+        "albedo -> nearest color | Chamfer | front | train s | wall s | steps |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["runs"]:
         front = front_cell(r)
         color = f"{r['nearest_color']} ({'ok' if r['color_correct'] else 'WRONG'})"
         shape = r["identified"] + ("" if r["shape_correct"] else " (WRONG)")
         lines.append(
-            f"| {r['prompt']} | {r['seed']} | {cell(r['iou'])} | {cell(r['initial_iou'])} | "
+            f"| {r['prompt']} | {r['seed']} | {cell(r['iou'])} | {cell(r.get('support_iou'))} | "
+            f"{cell(r['initial_iou'])} | "
             f"{cell(r['scaled_iou'])} ({r['scale']:.2f}) | {shape} | {color} | {cell(r.get('chamfer'), 4)} | "
             f"{front} | {cell(r['train_seconds'], 1)} | {cell(r['wall_seconds'], 1)} | {r['steps']} |"
         )
@@ -74,7 +75,8 @@ def markdown(report: dict) -> str:
     lines += [
         "",
         f"Mean IoU {s['mean_iou']:.3f} (min {s['min_iou']:.3f}), mean scaled IoU {s['mean_scaled_iou']:.3f}; "
-        f"IoU >= 0.6 in {s['iou_over_0.6']}/{s['runs']} runs; right color in "
+        f"IoU >= 0.6 in {s['iou_over_0.6']}/{s['runs']} runs (at the support level: "
+        f"{s['support_iou_over_0.6']}/{s['runs']}); right color in "
         f"{s['color_correct']}/{s['runs']}; shape identified in {s['shape_correct']}/{s['runs']}.",
     ]
     return "\n".join(lines)
@@ -88,6 +90,7 @@ def summarize(runs: list[dict]) -> dict:
         "min_iou": min(ious),
         "mean_scaled_iou": sum(r["scaled_iou"] for r in runs) / len(runs),
         "iou_over_0.6": sum(i >= 0.6 for i in ious),
+        "support_iou_over_0.6": sum((r.get("support_iou") or 0.0) >= 0.6 for r in runs),
         "color_correct": sum(r["color_correct"] for r in runs),
         "shape_correct": sum(r["shape_correct"] for r in runs),
     }

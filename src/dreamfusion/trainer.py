@@ -93,6 +93,10 @@ class Trainer:
         self.prompt = prompt.strip()
         self.cfg = cfg
         self.device = resolve_device(cfg.train.device)
+        if self.device.type == "cuda":
+            # The guidance's convolutions (a VAE, a U-Net) see the same shapes every step: let cuDNN
+            # time its algorithms once and keep the fastest (the GPU benchmarks run so too).
+            torch.backends.cudnn.benchmark = True
         self.run = RunDir(Path(run_dir))
         if cfg.train.tensorboard:
             self.run.check_tensorboard()
