@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dreamfusion.regularizers import opacity_loss, orientation_loss, ramp
+from dreamfusion.regularizers import distortion_loss, opacity_loss, orientation_loss, ramp
 
 
 def _rays():
@@ -73,3 +73,29 @@ def test_ramp_values():
     assert ramp(9000, 1e-4, 1e-2, 5000) == pytest.approx(1e-2)
     assert ramp(0, 1e-4, 1e-2, 0) == 1e-2
     assert ramp(3, 1.0, 0.0, 4) == pytest.approx(0.25)
+
+
+def brute_force_distortion(weights, t_mid, deltas):
+    pairs = (weights[:, :, None] * weights[:, None, :] * (t_mid[:, :, None] - t_mid[:, None, :]).abs()).sum((1, 2))
+    return (pairs + (weights.square() * deltas).sum(-1) / 3.0).mean()
+
+
+def test_distortion_loss_equals_its_double_sum_and_prefers_a_surface():
+    g = torch.Generator().manual_seed(0)
+    deltas = torch.rand(5, 16, generator=g) * 0.1 + 0.01
+    t_mid = 1.0 + torch.cumsum(deltas, -1) - deltas / 2
+    weights = torch.rand(5, 16, generator=g) / 16
+    torch.testing.assert_close(distortion_loss(weights, t_mid, deltas), brute_force_distortion(weights, t_mid, deltas))
+    # A ray's weight in one bin costs w^2 delta / 3; the same weight spread over the ray costs more.
+    surface = torch.zeros(1, 16)
+    surface[0, 7] = 0.9
+    fog = torch.full((1, 16), 0.9 / 16)
+    one = distortion_loss(surface, t_mid[:1], deltas[:1])
+    torch.testing.assert_close(one, 0.81 * deltas[0, 7] / 3)
+    assert distortion_loss(fog, t_mid[:1], deltas[:1]) > 3 * one
+    # Its gradient flows to the weights (and so to the density).
+    w = weights.clone().requires_grad_(True)
+    distortion_loss(w, t_mid, deltas).backward()
+    assert torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="all \\(R, N\\)"):
+        distortion_loss(weights, t_mid[:, :8], deltas)

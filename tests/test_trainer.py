@@ -179,3 +179,16 @@ def test_random_background_gives_each_view_its_own_color(tmp_path):
     assert corners.min() >= 0.0 and corners.max() <= 1.0
     assert torch.cdist(corners, corners).add(torch.eye(6)).min() > 1e-3  # all six colors differ
     assert not torch.allclose(corners, torch.ones_like(corners))  # not the preview color (white)
+
+
+def test_distortion_loss_joins_the_loss_when_weighted(tmp_path):
+    """regularizers.distortion_weight > 0 adds the distortion loss to the step's loss (and logs
+    it); at 0 it is not computed."""
+    cfg = tiny_config(steps=1)
+    on = dataclasses.replace(cfg, regularizers=dataclasses.replace(cfg.regularizers, distortion_weight=10.0))
+    off_step = Trainer("a red sphere", cfg, tmp_path / "off", _backend(cfg)).train_step()
+    on_step = Trainer("a red sphere", on, tmp_path / "on", _backend(on)).train_step()
+    assert off_step["distortion"] == 0.0 and on_step["distortion"] > 0.0
+    # Same seed, same render: the losses differ by exactly the weighted term.
+    assert on_step["sds"] == pytest.approx(off_step["sds"], rel=1e-5)
+    assert on_step["loss"] - off_step["loss"] == pytest.approx(10.0 * on_step["distortion"], rel=1e-4)

@@ -154,6 +154,9 @@ class RegularizerConfig:
     """Weight of the opacity loss at step 0."""
     opacity_ramp_steps: int = 0
     """Steps over which the opacity weight ramps up."""
+    distortion_weight: float = 0.0
+    """Weight of mip-NeRF 360's distortion loss (beyond the paper; 0 = off): it draws each ray's
+    weight into one short interval, a surface rather than a fog."""
 
 
 @dataclass

@@ -38,6 +38,8 @@ class RenderOutput:
     depth: Tensor  # (B, 1, H, W) expected depth sum_i w_i t_i (0 on empty rays)
     normal: Tensor  # (B, 3, H, W) weight-accumulated normals (zeros when not computed)
     weights: Tensor  # (R, N) rendering weights, R = B * H * W
+    t_mid: Tensor  # (R, N) sample distances along the rays
+    deltas: Tensor  # (R, N) widths of the samples' bins
     sample_normals: Tensor | None  # (R, N, 3) per-sample normals, None when not computed
     directions: Tensor  # (R, 3) unit ray directions
     samples_evaluated: int  # samples the field was evaluated at, of R * N (the others were skipped)
@@ -176,7 +178,8 @@ def render(
     once before chunking, so a chunked render equals the unchunked one.
 
     keep_samples=False drops the per-sample tensors as each chunk finishes (they dominate memory
-    for long turntables): `weights` is then an empty (0, N) tensor and `sample_normals` None.
+    for long turntables): `weights`, `t_mid` and `deltas` are then empty (0, N) tensors and
+    `sample_normals` None.
     """
     if shading not in SHADING_MODES:
         raise ValueError(f"unknown shading mode '{shading}' (use one of {', '.join(SHADING_MODES)})")
@@ -239,6 +242,8 @@ def render(
         depth=image(torch.cat([p.depth for p in parts])[:, None]),
         normal=image(torch.cat([p.normal for p in parts])),
         weights=torch.cat([p.weights for p in parts]),
+        t_mid=t_mid if keep_samples else t_mid.new_empty(0, t_mid.shape[1]),
+        deltas=deltas if keep_samples else deltas.new_empty(0, deltas.shape[1]),
         sample_normals=_cat_optional([p.sample_normals for p in parts]),
         directions=directions,
         samples_evaluated=sum(p.evaluated for p in parts),
@@ -259,7 +264,7 @@ def render_views(
 
     Bin-center samples (no jitter), normals computed, `chunk_rays` rays at a time to bound
     memory. Outputs are detached. Per-sample tensors are dropped unless `keep_samples`
-    (`weights` is then empty (0, N) and `sample_normals` None; see `render`).
+    (`weights`, `t_mid` and `deltas` are then empty (0, N) and `sample_normals` None; see `render`).
     """
     cfg = dataclasses.replace(render_cfg, chunk_rays=chunk_rays)
     with torch.no_grad():

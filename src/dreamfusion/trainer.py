@@ -40,7 +40,7 @@ from dreamfusion.guidance.base import Guidance
 from dreamfusion.occupancy import OccupancyGrid
 from dreamfusion.optim import build_optimizer, lr_factor, set_lr
 from dreamfusion.prompts import view_index, view_prompts
-from dreamfusion.regularizers import opacity_loss, orientation_loss, ramp
+from dreamfusion.regularizers import distortion_loss, opacity_loss, orientation_loss, ramp
 from dreamfusion.renderer import render, render_views
 from dreamfusion.rendering import composite
 from dreamfusion.run_dir import RunDir, save_image_grid
@@ -153,6 +153,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         batch, micro = len(cameras), cfg.train.micro_batch or len(cameras)
         sums = {"loss": 0.0, "sds": 0.0, "sds_grad": 0.0, "orientation": 0.0, "opacity": 0.0, "t": 0.0}
+        sums["distortion"] = 0.0
         finite = True
         evaluated = 0
         for start in range(0, batch, micro):
@@ -186,6 +187,10 @@ class Trainer:
                     shading=shading,
                 )
             loss = sds.loss + opacity_w * opacity_loss(out.alpha)
+            distortion = torch.zeros((), device=self.device)
+            if cfg.regularizers.distortion_weight > 0:
+                distortion = distortion_loss(out.weights, out.t_mid, out.deltas)
+                loss = loss + cfg.regularizers.distortion_weight * distortion
             orient = torch.zeros((), device=self.device)
             if out.sample_normals is not None and orientation_w > 0:
                 orient = orientation_loss(out.weights, out.sample_normals, out.directions)
@@ -198,6 +203,7 @@ class Trainer:
                 ("sds", sds.loss),
                 ("sds_grad", sds.grad_norm),
                 ("orientation", orient),
+                ("distortion", distortion),
                 ("opacity", out.alpha.mean()),
                 ("t", sds.timesteps.float().mean()),
             ):
