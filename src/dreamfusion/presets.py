@@ -109,8 +109,8 @@ def cpu() -> Config:
     # 1,200 steps with a cosine lr against 400 at a constant one (2-core CPU, seed 0, render /
     # support-level IoU; docs/results/fidelity_cpu/experiments_session3.md): red sphere 0.63 / 0.94
     # vs 0.54 / 0.94; orange torus 0.31 / 0.66, a torus with its hole, vs 0.14 / 0.26, a blob;
-    # blue cube 0.21 / 0.43 vs 0.39-0.45 / 0.59-0.64 for the cubes of earlier 400-step runs (a cube
-    # is best near step 200 either way).
+    # blue cube 0.21 / 0.43 vs 0.20 / 0.44 (best near step 100-200 either way); but the red cube of
+    # `dreamfusion generate "a red cube"` 0.28 / 0.57 vs 0.45 / 0.63 in an earlier 400-step run.
     return _bundled_world(
         Config(
             field=FieldConfig(
