@@ -365,3 +365,32 @@ def test_init_starts_from_given_weights_and_resume_keeps_parameter_layout(tmp_pa
     missing = str(tmp_path / "none")
     assert main(["prior", "train", "--preset", "tiny", "--out", str(out), "--init", missing]) != 0
     assert main(["prior", "train", "--preset", "tiny", "--out", str(out), "--lr", "-1", "--quiet"]) != 0
+
+
+def test_cli_objects_weights_the_draw_and_rejects_unknown_names(tmp_path, capsys):
+    """--objects cube cube sphere: a fresh run records the list, repeats and all, and the world
+    draws a name given k times k times as often; an unknown name or --resume gets one line."""
+    import json
+
+    from dreamfusion.cli import main
+    from dreamfusion.world import SHAPE_NAMES, WorldConfig, sample_batch
+
+    out = tmp_path / "run"
+    args = ["prior", "train", "--preset", "tiny", "--steps", "1", "--out", str(out), "--quiet"]
+    assert main([*args, "--objects", "cube", "cube", "sphere"]) == 0
+    saved = json.loads((out / "config.json").read_text())["config"]["train"]["objects"]
+    assert saved == ["cube", "cube", "sphere"]
+
+    world = WorldConfig()
+    world = dataclasses.replace(world, camera=dataclasses.replace(world.camera, resolution=8), march_steps=8)
+    generator = torch.Generator().manual_seed(0)
+    _, _, labels = sample_batch(600, generator, objects=["cube"] * 3 + ["sphere"], cfg=world)
+    cubes = int((labels["shape"] == SHAPE_NAMES.index("cube")).sum())
+    assert 400 < cubes < 500  # 3/4 of 600 = 450; the binomial spread is about 11
+
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "bad"), "--objects", "cube", "spaceship"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "spaceship" in err[0] and "sphere" in err[0]
+    assert not (tmp_path / "bad").exists()
+    assert main([*args, "--resume", "--objects", "cube"]) == 2

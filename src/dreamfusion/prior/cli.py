@@ -43,6 +43,15 @@ def add_parsers(sub) -> None:
     )
     train.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
     train.add_argument(
+        "--objects",
+        nargs="+",
+        default=None,
+        metavar="OBJECT",
+        help="objects to render training images of; a name given k times is drawn k times as often "
+        "(e.g. --objects cube cube sphere ... to fine-tune a weak shape); fresh runs only "
+        "(default: the preset's)",
+    )
+    train.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
     )
     train.add_argument(
@@ -109,8 +118,19 @@ def _train(args: argparse.Namespace) -> int:
         )
     if args.init is not None and not args.init.is_file():
         raise UserError(f"--init: no prior weights file at {args.init}")
+    if args.objects is not None:
+        from dreamfusion.world import OBJECTS
+
+        if args.resume:
+            raise UserError(
+                "--objects sets what a fresh run trains on; a resumed run keeps its own (drop one)"
+            )
+        unknown = [name for name in args.objects if name not in OBJECTS]
+        if unknown:
+            raise UserError(f"--objects: unknown object '{unknown[0]}'; choose from: {', '.join(OBJECTS)}")
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "device": args.device, "seed": args.seed}
     overrides["init"] = str(args.init) if args.init is not None else None
+    overrides["objects"] = tuple(args.objects) if args.objects is not None else None
     for name, value in overrides.items():
         if value is not None and name in ("steps", "batch_size") and value <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive (got {value})")
