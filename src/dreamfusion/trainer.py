@@ -152,8 +152,7 @@ class Trainer:
         # each is an average over its views, so it is weighted by its share of the batch.
         self.optimizer.zero_grad(set_to_none=True)
         batch, micro = len(cameras), cfg.train.micro_batch or len(cameras)
-        sums = {"loss": 0.0, "sds": 0.0, "sds_grad": 0.0, "orientation": 0.0, "opacity": 0.0, "t": 0.0}
-        sums["distortion"] = 0.0
+        sums = dict.fromkeys(("loss", "sds", "sds_grad", "orientation", "distortion", "opacity", "t"), 0.0)
         finite = True
         evaluated = 0
         for start in range(0, batch, micro):

@@ -134,19 +134,19 @@ class HashEncoding(nn.Module):
         # float32 even under autocast: at 1024 cells per side, bfloat16 weights would quantize
         # positions (and so the normals) to a few cells.
         with torch.autocast(unit_points.device.type, enabled=False):
+            points = unit_points.float()
             for first in range(0, len(self.resolutions), step):
                 levels = range(first, min(first + step, len(self.resolutions)))
                 index, weights = trilinear_corners(
-                    unit_points.float(), self.resolutions[levels.start : levels.stop], self.table_size
+                    points, self.resolutions[levels.start : levels.stop], self.table_size
                 )
-                # The concatenation's backward hands each level's table its slice of the gradient.
-                tables = [self.tables[level] for level in levels]
-                table = tables[0] if len(tables) == 1 else torch.cat(tables)
-                index = (
-                    index
-                    + self.level_offsets[levels.start : levels.stop, None]
-                    - self.level_offsets[levels.start]
-                )
+                table = self.tables[first]
+                if len(levels) > 1:
+                    # One gather from the group's tables end to end; the concatenation's backward
+                    # hands each level's table its slice of the gradient.
+                    table = torch.cat([self.tables[level] for level in levels])
+                    offsets = self.level_offsets[levels.start : levels.stop] - self.level_offsets[first]
+                    index = index + offsets[:, None]
                 corners = table.index_select(0, index.reshape(-1)).view(n * len(levels), 8, -1)
                 weights = weights.reshape(n * len(levels), 8)
                 if corners.is_cuda:
