@@ -232,7 +232,8 @@ class GuidanceConfig:
     cuda_graphs: bool = True
     """On CUDA, replay the frozen denoiser's forward from a CUDA graph (one launch instead of hundreds)."""
     compile: bool = False
-    """stable-diffusion, deepfloyd-if: torch.compile the U-Net (slow first steps, faster after)."""
+    """stable-diffusion, deepfloyd-if: torch.compile the U-Net and (stable-diffusion) the VAE encoder (a minute
+    or two of compiling at the first steps, faster after)."""
     channels_last: bool = False
     """stable-diffusion, deepfloyd-if: keep the U-Net (and VAE) in channels_last memory format, which
     recent NVIDIA GPUs run faster in float16; see benchmarks/guidance_gpu.py."""

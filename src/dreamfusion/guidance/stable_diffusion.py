@@ -68,6 +68,10 @@ class StableDiffusionGuidance:
         self.vae = vae.requires_grad_(False).eval()
         if cfg.channels_last:
             self.vae.to(memory_format=torch.channels_last)
+        if cfg.compile:
+            # The encoder runs forward and backward every step (the U-Net only forward): compiling
+            # it fuses its GroupNorm + SiLU pairs in both directions.
+            self.vae.encoder.compile()
         if cfg.vae_slicing:
             self.vae.enable_slicing()
         self.device = next(unet.parameters()).device
@@ -98,6 +102,8 @@ class StableDiffusionGuidance:
         """
         x = F.interpolate(images, size=(self.image_size,) * 2, mode="bilinear", align_corners=False)
         x = x * 2.0 - 1.0
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         posterior = self.vae.encode(x.to(self.vae.dtype)).latent_dist
         return (posterior.mean.float() - self.shift) * self.scaling
 
