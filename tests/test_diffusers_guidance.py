@@ -458,3 +458,25 @@ def test_two_step_generate_with_each_backend(tmp_path, folders, name):
     assert len(list((tmp_path / "cache" / "embeddings").rglob("*.safetensors"))) == 5
     params = [p for p in result.field.parameters()]
     assert all(torch.isfinite(p).all() for p in params)
+
+
+def test_compiled_unet_and_vae_encoder_give_the_eager_sds_gradient(tmp_path, sd_folder):
+    """`guidance.compile` compiles the U-Net and the VAE encoder (forward and backward): same loss
+    and same gradient on the render as eager, to float32 rounding."""
+    pytest.importorskip("torch._inductor")
+    images = torch.rand(2, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    cameras = _cameras([10.0, 170.0], [20.0, 30.0])
+    prompt_index = view_index(cameras.elevation, cameras.azimuth)
+    results = {}
+    for compiled in (False, True):
+        guidance = _build(_config("stable-diffusion", sd_folder, tmp_path, compile=compiled))
+        embeddings = guidance.embed(view_prompts("a red car"))
+        render = images.clone().requires_grad_(True)
+        out = guidance.sds_loss(render, embeddings, prompt_index, cameras, torch.Generator().manual_seed(2), 0.0)
+        out.loss.backward()
+        results[compiled] = (out.loss.detach(), render.grad)
+    assert getattr(guidance.vae.encoder, "_compiled_call_impl", None) is not None  # nn.Module.compile() was applied
+    torch._dynamo.reset()
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(results[True][1], results[False][1], rtol=1e-3, atol=1e-6)
+    assert results[True][1].abs().sum() > 0
