@@ -192,3 +192,18 @@ def test_distortion_loss_joins_the_loss_when_weighted(tmp_path):
     # Same seed, same render: the losses differ by exactly the weighted term.
     assert on_step["sds"] == pytest.approx(off_step["sds"], rel=1e-5)
     assert on_step["loss"] - off_step["loss"] == pytest.approx(10.0 * on_step["distortion"], rel=1e-4)
+
+
+def test_optimizer_is_fused_on_cuda_only():
+    """On CUDA, Adam runs its fused kernel (one launch for all tensors); on the CPU, PyTorch's default."""
+    from dreamfusion.config import OptimConfig
+    from dreamfusion.optim import build_optimizer
+
+    def fused(device):
+        field, background = torch.nn.Linear(3, 4).to(device), torch.nn.Linear(3, 3).to(device)
+        return build_optimizer(field, background, OptimConfig()).defaults.get("fused")
+
+    assert not fused("cpu")
+    if not torch.cuda.is_available():
+        pytest.skip("the CUDA half needs a GPU")
+    assert fused("cuda") is True
