@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from dreamfusion.checkpoint import list_checkpoints
 from dreamfusion.eval.front import front_consistency
 from dreamfusion.eval.geometry import (
     aligned_iou,
@@ -164,3 +165,44 @@ def evaluate_run(
         eval_seconds=time.perf_counter() - start,
     )
     return result
+
+
+def quality_curve(run_dir: Path, object_name: str, device: str, resolution: int, final: dict) -> list[dict]:
+    """IoU against training seconds: the initial field, every saved checkpoint, and the final one
+    (whose numbers `final`, evaluate_run's, already hold). Same level rule and grid as evaluate_run."""
+    points = [
+        {
+            "step": 0,
+            "train_seconds": 0.0,
+            "iou": final["initial_iou"],
+            "scaled_iou": final["initial_scaled_iou"],
+            "support_iou": final.get("initial_support_iou"),
+        }
+    ]
+    for path in list_checkpoints(run_dir / "checkpoints")[:-1]:
+        run = load_run(path, device)
+        bound = float(run.field.bound_radius)
+        level = render_level(run.field)
+        density = density_grid(run.field, resolution, bound)
+        truth = truth_grid(object_name, resolution, bound, density.device)
+        points.append(
+            {
+                "step": run.step,
+                "train_seconds": run.train_seconds,
+                "iou": iou(density > level, truth),
+                "scaled_iou": aligned_iou(density, bound, object_name, level).iou,
+                "support_iou": iou(density > support_level(density), truth),
+                "level": level,
+            }
+        )
+    points.append(
+        {
+            "step": final["steps"],
+            "train_seconds": final["train_seconds"],
+            "iou": final["iou"],
+            "scaled_iou": final["scaled_iou"],
+            "support_iou": final.get("support_iou"),
+            "level": final.get("level"),
+        }
+    )
+    return points
