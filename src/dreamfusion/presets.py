@@ -117,10 +117,16 @@ def cpu() -> Config:
     # vs 0.54 / 0.94; orange torus 0.31 / 0.66, a torus with its hole, vs 0.14 / 0.26, a blob;
     # blue cube 0.21 / 0.43 vs 0.20 / 0.44 (best near step 100-200 either way); but the red cube of
     # `dreamfusion generate "a red cube"` 0.28 / 0.57 vs 0.45 / 0.63 in an earlier 400-step run.
+    # Session 4, prior 31510769..., render-level IoU, exp density (blob 5 / 0.2) vs softplus (10 / 0.5):
+    # red sphere 0.79 vs 0.60 (identified sphere vs cube), orange torus 0.72 vs 0.12 (torus vs
+    # sphere), blue cube 0.24 vs 0.21 (docs/results/fidelity_cpu/experiments_session4.md).
     return _bundled_world(
         Config(
             field=FieldConfig(
                 kind="hashgrid",
+                density_activation="exp",
+                blob_density=5.0,
+                blob_radius=0.2,
                 hash_levels=8,
                 hash_log2_size=15,
                 hash_max_resolution=256,
