@@ -81,10 +81,11 @@ def test_density_exactly_zero_outside_bound(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(
-    "activation, blob_density, blob_radius, bound_radius",
-    [("softplus", 10.0, 0.5, 0.8), ("exp", 5.0, 0.2, 1.4)],  # the project default and the paper
+    "activation, blob_density, blob_radius, bound_radius, bias",
+    # softplus as in stable-dreamfusion, the paper's exp, and exp with its empty space biased down
+    [("softplus", 10.0, 0.5, 0.8, 0.0), ("exp", 5.0, 0.2, 1.4, 0.0), ("exp", 8.0, 0.2, 0.8, -3.0)],
 )
-def test_init_is_the_blob(kind, activation, blob_density, blob_radius, bound_radius):
+def test_init_is_the_blob(kind, activation, blob_density, blob_radius, bound_radius, bias):
     torch.manual_seed(0)
     cfg = small_config(
         kind,
@@ -92,12 +93,13 @@ def test_init_is_the_blob(kind, activation, blob_density, blob_radius, bound_rad
         blob_density=blob_density,
         blob_radius=blob_radius,
         bound_radius=bound_radius,
+        density_bias=bias,
     )
     field = build_field(cfg)
     r = 0.7 * bound_radius
     points = torch.tensor([[0.0, 0.0, 0.0], [r, 0.0, 0.0], [0.0, -r, 0.0], [0.0, 0.0, r]])
     blob = torch.tensor([blob_density] + 3 * [blob_density * math.exp(-(r**2) / (2 * blob_radius**2))])
-    expected = activate_density(blob, activation)
+    expected = activate_density(blob + bias, activation)
     # The network adds a raw value of about 1e-2 at most at init: the density is the blob's.
     density = field.density(points)
     torch.testing.assert_close(density, expected, rtol=0.03, atol=0.0)

@@ -56,6 +56,10 @@ class FieldConfig:
     """lambda of the initial density blob tau_init = lambda * exp(-|x|^2 / (2 sigma^2))."""
     blob_radius: float = 0.5
     """sigma of the initial density blob."""
+    density_bias: float = 0.0
+    """Added to the raw density everywhere, blob included (beyond the paper). Under exp, a raw value of 0
+    is a density of 1, a fog through the whole bounding sphere at initialization; -3 starts empty space
+    at e^-3 = 0.05 instead."""
     mlp_width: int = 128
     """Hidden width of the MLP field."""
     mlp_depth: int = 4

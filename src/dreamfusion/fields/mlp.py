@@ -66,7 +66,7 @@ def finish_density(points: Tensor, raw: Tensor, cfg: FieldConfig) -> Tensor:
     the paper's centered blob. `where` rather than a product: zero density and zero gradient
     outside, whatever the network says there.
     """
-    raw = raw + density_blob(points, cfg.blob_density, cfg.blob_radius)
+    raw = raw + density_blob(points, cfg.blob_density, cfg.blob_radius) + cfg.density_bias
     density = activate_density(raw, cfg.density_activation)
     inside = (points * points).sum(-1) <= cfg.bound_radius**2
     return torch.where(inside, density, torch.zeros_like(density))
