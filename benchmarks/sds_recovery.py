@@ -6,10 +6,11 @@ default list is the first proof of the bundled prior: sphere, cube and torus in 
 
     python benchmarks/sds_recovery.py --preset default --device cuda --out docs/results/sds_recovery
     python benchmarks/sds_recovery.py --preset cpu --runs sphere:red:0 cube:blue:1 --steps 600
-    python benchmarks/sds_recovery.py --preset default --set field.density_bias=-2 field.blob_density=7
+    python benchmarks/sds_recovery.py --preset default --field.density-bias -2 --field.blob-density 7
 
 Runs go to OUT/runs/<object>-<color>-s<seed>; a run folder that already holds a checkpoint is
 evaluated without training again (so an interrupted benchmark resumes where it stopped).
+Config flags (`--section.field VALUE`, as `dreamfusion generate` takes them) change the preset.
 Writes OUT.json (every number) and OUT.md (the table).
 """
 
@@ -26,7 +27,7 @@ import torch
 
 import dreamfusion
 from dreamfusion.api import resolve_config
-from dreamfusion.config import from_dict, to_dict
+from dreamfusion.cli import apply_overrides
 from dreamfusion.errors import UserError
 from dreamfusion.eval.bench_report import cell, front_cell
 from dreamfusion.eval.fidelity import evaluate_run
@@ -99,21 +100,6 @@ def summarize(runs: list[dict]) -> dict:
     }
 
 
-def apply_settings(preset: str, settings: list[str]):
-    """The preset's config with dotted `section.field=value` settings (values read as JSON, else text)."""
-    data = to_dict(resolve_config(preset))
-    for setting in settings:
-        key, sep, text = setting.partition("=")
-        section, _, name = key.partition(".")
-        if not sep or section not in data or name not in data[section]:
-            raise SystemExit(f"--set {setting!r}: expected SECTION.FIELD=VALUE with a field of the config")
-        try:
-            data[section][name] = json.loads(text)
-        except json.JSONDecodeError:
-            data[section][name] = text
-    return from_dict(data)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -121,9 +107,6 @@ def main() -> None:
     parser.add_argument("--preset", default="default", help="dreamfusion preset of every run")
     parser.add_argument("--runs", nargs="+", default=list(DEFAULT_RUNS), help="object:color:seed ...")
     parser.add_argument("--guidance", default="bundled")
-    parser.add_argument(
-        "--set", nargs="+", default=[], metavar="KEY=VALUE", help="config settings: field.density_bias=-2 ..."
-    )
     parser.add_argument("--steps", type=int, default=None, help="override the preset's steps")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--resolution", type=int, default=64, help="occupancy grid for the IoUs")
@@ -131,8 +114,8 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=Path("sds_recovery"), help="writes OUT.json, OUT.md, OUT/runs"
     )
-    args = parser.parse_args()
-    config = apply_settings(args.preset, args.set)
+    args, flags = parser.parse_known_args()
+    config = apply_overrides(resolve_config(args.preset), flags, "benchmarks/sds_recovery.py")
 
     results = []
     for spec in args.runs:
@@ -178,7 +161,6 @@ def main() -> None:
         "commit": git_commit(),
         "device": device,
         "preset": args.preset,
-        "settings": args.set,
         "guidance": args.guidance,
         "level": results[0]["level"],
         "resolution": args.resolution,

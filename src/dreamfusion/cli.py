@@ -151,7 +151,7 @@ def _asset_parsers(sub) -> None:
     view.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
 
 
-def _apply_overrides(cfg, extra: list[str], prog: str):
+def apply_overrides(cfg, extra: list[str], prog: str):
     """Parse `--section.field VALUE` flags with tyro against `cfg` as the defaults."""
     if not extra:
         return cfg
@@ -172,7 +172,7 @@ def _generate(args: argparse.Namespace, extra: list[str]) -> int:
         preset, device = auto_preset(device)
         print(f"preset:      {preset} on {device} (auto; --preset and --device choose)")
     cfg = resolve_config(preset, args.steps, args.seed, args.guidance, device)
-    cfg = _apply_overrides(cfg, extra, "dreamfusion generate PROMPT")
+    cfg = apply_overrides(cfg, extra, "dreamfusion generate PROMPT")
     if args.model is not None:
         cfg = dataclasses.replace(cfg, guidance=dataclasses.replace(cfg.guidance, model=args.model))
     result = generate(
@@ -197,7 +197,7 @@ def _config(args: argparse.Namespace, extra: list[str]) -> int:
     from dreamfusion.config import to_dict
 
     cfg = resolve_config(args.preset)
-    cfg = _apply_overrides(cfg, extra, f"dreamfusion config --preset {args.preset}")
+    cfg = apply_overrides(cfg, extra, f"dreamfusion config --preset {args.preset}")
     print(json.dumps(to_dict(cfg), indent=2))
     return 0
 
@@ -274,7 +274,7 @@ def _bench(args: argparse.Namespace, extra: list[str]) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cfg = resolve_config(args.preset, args.steps, None, args.guidance, device)
-    cfg = _apply_overrides(cfg, extra, "dreamfusion bench fidelity")
+    cfg = apply_overrides(cfg, extra, "dreamfusion bench fidelity")
     train = cfg.train
     if args.checkpoint_every is not None:
         train = dataclasses.replace(train, checkpoint_every=args.checkpoint_every)
