@@ -7,6 +7,7 @@ looks at the front. Camera-to-world matrices follow OpenGL: the camera looks alo
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -14,6 +15,16 @@ import torch
 from torch import Tensor
 
 from dreamfusion.config import CameraConfig
+
+
+def to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """`tensor` on `device`; a CPU tensor bound for CUDA is copied from pinned memory asynchronously.
+
+    A plain copy from pageable memory waits until the GPU has finished all queued work, one
+    synchronization per small tensor, which keeps the CPU from queueing the next kernels ahead."""
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 @dataclass
@@ -37,15 +48,18 @@ class Cameras:
         return self.c2w[:, :3, 3]
 
     def to(self, device: torch.device | str) -> Cameras:
+        """The cameras on `device`. CPU cameras go to a GPU through pinned memory without waiting for
+        the GPU's queue, so sampling the next step's cameras does not stall training."""
+        move = functools.partial(to_device, device=torch.device(device))
         return Cameras(
-            c2w=self.c2w.to(device),
-            focal=self.focal.to(device),
+            c2w=move(self.c2w),
+            focal=move(self.focal),
             width=self.width,
             height=self.height,
-            elevation=self.elevation.to(device),
-            azimuth=self.azimuth.to(device),
-            distance=self.distance.to(device),
-            light_position=self.light_position.to(device),
+            elevation=move(self.elevation),
+            azimuth=move(self.azimuth),
+            distance=move(self.distance),
+            light_position=move(self.light_position),
         )
 
     def __getitem__(self, index: slice | Tensor) -> Cameras:

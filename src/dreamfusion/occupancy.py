@@ -71,9 +71,10 @@ class OccupancyGrid(nn.Module):
         ijk = torch.stack(torch.meshgrid(index, index, index, indexing="ij"), dim=-1).reshape(-1, 3)
         return ijk * self.cell_size - self.bound_radius
 
-    def occupied_fraction(self) -> float:
-        """Share of the sphere's cells marked occupied (1.0 before the first update)."""
-        return float(self.mask.reshape(-1)[self.cells].float().mean())
+    def occupied_fraction(self) -> Tensor:
+        """Share of the sphere's cells marked occupied (1.0 before the first update), a 0-dim tensor
+        on the grid's device: reading it waits for the device, so training leaves that to its logger."""
+        return self.mask.reshape(-1)[self.cells].float().mean()
 
     @torch.no_grad()
     def update(self, field: Field, generator: torch.Generator | None = None) -> None:
@@ -95,11 +96,11 @@ class OccupancyGrid(nn.Module):
 
         flat = self.density.view(-1)
         flat[cells] = torch.maximum(flat[cells] * self.decay, reading)
-        level = min(self.threshold, float(flat[cells].mean()))
+        level = flat[cells].mean().clamp(max=self.threshold)
         mask = torch.zeros_like(self.mask).view(-1)
         mask[cells] = flat[cells] > level
-        if not mask.any():  # a field that is zero everywhere: keep every cell (nothing to skip to)
-            mask[cells] = True
+        # A field that is zero everywhere keeps every cell (nothing to skip to); decided on the device.
+        mask[cells] |= ~mask.any()
         self.mask.copy_(mask.view_as(self.mask))
 
     def occupied(self, points: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from dreamfusion.cameras import Cameras, orbit_cameras, sample_cameras
+from dreamfusion.cameras import Cameras, orbit_cameras, sample_cameras, to_device
 from dreamfusion.checkpoint import (
     CheckpointError,
     checkpoint_path,
@@ -66,6 +66,11 @@ class StepTimer:
         if self.sync and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - start
+
+
+def read_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A step's statistics as Python numbers (waits for the device to finish the step)."""
+    return {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -126,7 +131,8 @@ class Trainer:
         self.cpu_gen = torch.Generator().manual_seed(cfg.train.seed)
         self.device_gen = torch.Generator(self.device).manual_seed(cfg.train.seed + 1)
         self.step = 0
-        self.skipped_steps = 0
+        self._skipped = torch.zeros((), dtype=torch.long, device=self.device)
+        self._reported_skipped = 0
         self.elapsed = 0.0
         self.timer = StepTimer(self.device, cfg.train.profile)
         self._stop_requested = False
@@ -137,11 +143,16 @@ class Trainer:
     # ----------------------------------------------------------------------------------- one step
     def train_step(self) -> dict[str, Any]:
         cfg, timer = self.cfg, self.timer
-        cameras = sample_cameras(cfg.train.batch_size, cfg.camera, self.cpu_gen).to(self.device)
+        # Nothing in a step waits for the GPU except the occupancy grid's compaction of samples:
+        # inputs drawn on the CPU go over without a sync, the statistics stay on the device, and a
+        # non-finite step is dropped by the optimizer itself, so the CPU queues kernels ahead.
+        cameras = sample_cameras(cfg.train.batch_size, cfg.camera, self.cpu_gen)
         shading = choose_shading(self.step, cfg.shading, self.cpu_gen)
-        prompt_index = view_index(
-            cameras.elevation, cameras.azimuth, bottom_below=cfg.camera.bottom_view_below
-        ).to(self.device)
+        prompt_index = to_device(
+            view_index(cameras.elevation, cameras.azimuth, bottom_below=cfg.camera.bottom_view_below),
+            self.device,
+        )
+        cameras = cameras.to(self.device)
         orientation_w, opacity_w = self._regularizer_weights()
         need_normals = shading != "albedo" or orientation_w > 0
         if self.occupancy is not None and self._occupancy_due():
@@ -153,7 +164,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         batch, micro = len(cameras), cfg.train.micro_batch or len(cameras)
         sums = dict.fromkeys(("loss", "sds", "sds_grad", "orientation", "distortion", "opacity", "t"), 0.0)
-        finite = True
+        loss_finite = torch.ones((), dtype=torch.bool, device=self.device)
         evaluated = 0
         for start in range(0, batch, micro):
             part = cameras[start : start + micro]
@@ -173,7 +184,7 @@ class Trainer:
             image = out.image.float()  # (b, 3, H, W)
             evaluated += out.samples_evaluated
             if cfg.background.kind == "random":
-                colors = torch.rand(len(part), 3, 1, 1, generator=self.cpu_gen).to(self.device)
+                colors = to_device(torch.rand(len(part), 3, 1, 1, generator=self.cpu_gen), self.device)
                 image = composite(image, out.alpha.float(), colors)  # over black, image is premultiplied
             with timer("guidance"):
                 sds = self.guidance.sds_loss(
@@ -196,7 +207,7 @@ class Trainer:
                 loss = loss + orientation_w * orient
             with timer("backward"):
                 (loss * share).backward()
-            finite = finite and bool(torch.isfinite(loss))
+            loss_finite = loss_finite & torch.isfinite(loss.detach())
             for key, value in (
                 ("loss", loss),
                 ("sds", sds.loss),
@@ -206,26 +217,19 @@ class Trainer:
                 ("opacity", out.alpha.mean()),
                 ("t", sds.timesteps.float().mean()),
             ):
-                sums[key] += share * float(value.detach())
+                sums[key] += share * value.detach().float()
 
         with timer("optimizer"):
-            finite = finite and self._grads_finite()
             lr = set_lr(self.optimizer, lr_factor(self.step, cfg.train.steps, cfg.optim))
-            if finite:
-                if cfg.optim.grad_clip_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(self._params(), cfg.optim.grad_clip_norm)
-                self.optimizer.step()
-            else:
-                # One bad draw must not poison the field: drop this step's update, keep going.
-                self.skipped_steps += 1
-                log.warning("step %d: non-finite loss or gradient; update skipped", self.step)
-                self.optimizer.zero_grad(set_to_none=True)
+            skipped = self._optimizer_step(loss_finite)
         self.step += 1
         extra = {}
         if self.occupancy is not None:
             total = batch * cfg.camera.resolution**2 * cfg.render.samples_per_ray
             extra = {"occupied": self.occupancy.occupied_fraction(), "evaluated": evaluated / total}
-        return {"step": self.step, **sums, "shading": shading, "lr": lr, "skipped": not finite, **extra}
+        # The statistics are 0-dim tensors on the device: reading one (float(), formatting) waits
+        # for the step to finish, so the loop reads them only when it logs.
+        return {"step": self.step, **sums, "shading": shading, "lr": lr, "skipped": skipped, **extra}
 
     def _occupancy_due(self) -> bool:
         since = self.step - self.cfg.render.occupancy_warmup_steps
@@ -248,11 +252,42 @@ class Trainer:
     def _params(self) -> list[torch.nn.Parameter]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
-    def _grads_finite(self) -> bool:
+    def _optimizer_step(self, loss_finite: torch.Tensor) -> torch.Tensor:
+        """Update the parameters unless the loss or a gradient is non-finite (one bad draw must not
+        poison the field: its update is dropped and training goes on). Returns whether the update was
+        dropped, a bool tensor on the device."""
         grads = [p.grad for p in self._params() if p.grad is not None]
-        if not grads:
-            return True
-        return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        found_inf = (~loss_finite).float()
+        if grads:
+            # GradScaler's check: one fused kernel sets found_inf where any gradient is inf or NaN.
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, torch.ones_like(found_inf))
+        if self.cfg.optim.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self._params(), self.cfg.optim.grad_clip_norm)
+        if getattr(self.optimizer, "_step_supports_amp_scaling", False):
+            # Fused Adam (CUDA) reads `found_inf` and leaves parameters and moments as they were.
+            self.optimizer.found_inf = found_inf
+            self.optimizer.step()
+        elif not found_inf.item():  # the CPU waits for nothing
+            self.optimizer.step()
+        self._skipped += found_inf.long()
+        return found_inf.bool()
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps whose update was dropped for a non-finite loss or gradient (reading it waits for the
+        device)."""
+        return int(self._skipped)
+
+    def report_skipped(self) -> None:
+        """Warn once for steps dropped since the last report (the loop calls this when it logs)."""
+        skipped = self.skipped_steps
+        if skipped > self._reported_skipped:
+            log.warning(
+                "%d step(s) up to step %d had a non-finite loss or gradient; their updates were skipped",
+                skipped - self._reported_skipped,
+                self.step,
+            )
+            self._reported_skipped = skipped
 
     def _autocast(self):
         dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.cfg.train.dtype]
@@ -284,11 +319,13 @@ class Trainer:
                 metrics = self.train_step()
                 self.elapsed += time.perf_counter() - start
                 bar.update(1)
-                bar.set_postfix(loss=f"{metrics['loss']:.4g}", shading=metrics["shading"][:5])
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    metrics = read_metrics(metrics)
+                    bar.set_postfix(loss=f"{metrics['loss']:.4g}", shading=metrics["shading"][:5])
                     self.run.log_metrics(
                         {**metrics, "elapsed_s": round(self.elapsed, 3), "timings": self.timings()}
                     )
+                    self.report_skipped()
                 if cfg.preview_every and self.step % cfg.preview_every == 0:
                     self.save_preview()
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
@@ -381,7 +418,8 @@ class Trainer:
             ) from None
         self.step = ckpt.step
         self._first_step = ckpt.step
-        self.skipped_steps = int(ckpt.meta.get("skipped_steps", 0))
+        self._reported_skipped = int(ckpt.meta.get("skipped_steps", 0))
+        self._skipped.fill_(self._reported_skipped)
         self.elapsed = float(ckpt.meta.get("elapsed_s", 0.0))
         self.run.truncate_metrics(self.step)
 
