@@ -1,12 +1,13 @@
 """Seconds per training iteration with Stable Diffusion 2.1-base and DeepFloyd IF stage-I guidance,
 on random weights in the real architectures (nothing is downloaded), float16 on CUDA.
 
-    python benchmarks/guidance_gpu.py                      # both backends, eager, default preset
-    python benchmarks/guidance_gpu.py --variants eager compile channels_last compile+channels_last
+    python benchmarks/guidance_gpu.py                      # both backends, default settings and preset
+    python benchmarks/guidance_gpu.py --variants default eager channels_last compile+channels_last
     python benchmarks/guidance_gpu.py --smoke              # tiny shapes on the CPU: checks the script
 
 For each backend and variant (GuidanceConfig switches joined by '+': compile, channels_last,
-perp_neg, vae_slicing; 'eager' is none of them):
+perp_neg, vae_slicing; 'default' is the GuidanceConfig defaults, which compile on CUDA; 'eager' is
+the defaults with compiling off):
 1. the training step of the project's Trainer at the default preset, unsynchronized: seconds per
    iteration and peak GPU memory;
 2. the same steps with the device synchronized around each phase: render, VAE encode, U-Net, rest of
@@ -211,12 +212,17 @@ def parts_alone(
 
 
 def bench(backend: str, variant: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    switches = set() if variant == "eager" else set(variant.split("+"))
+    switches = set() if variant in ("default", "eager") else set(variant.split("+"))
     known = {"compile", "channels_last", "perp_neg", "vae_slicing"}
     if switches - known:
-        raise SystemExit(f"unknown variant switches {sorted(switches - known)}; use {sorted(known)} or eager")
+        raise SystemExit(
+            f"unknown variant switches {sorted(switches - known)}; use {sorted(known)}, default or eager"
+        )
+    settings = {s: True for s in switches}
+    if variant == "eager":
+        settings["compile"] = False
     cfg = resolve_config("smoke" if args.smoke else "default", device=str(device))
-    gcfg = GuidanceConfig(name=backend, embedding_cache=False, **{s: True for s in switches})
+    gcfg = GuidanceConfig(name=backend, embedding_cache=False, **settings)
     cfg = dataclasses.replace(
         cfg,
         guidance=gcfg,
@@ -311,7 +317,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--backends", nargs="+", default=["stable-diffusion", "deepfloyd-if"])
-    parser.add_argument("--variants", nargs="+", default=["eager"])
+    parser.add_argument("--variants", nargs="+", default=["default"])
     parser.add_argument("--steps", type=int, default=30, help="timed steps (each pass)")
     parser.add_argument(
         "--warmup", type=int, default=5, help="untimed steps first (compilation happens here)"

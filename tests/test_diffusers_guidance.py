@@ -7,6 +7,7 @@ loaded through the backends' own from_pretrained path, exactly as a downloaded m
 import dataclasses
 import math
 import sys
+import warnings
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from dreamfusion.cameras import sample_cameras
 from dreamfusion.cli import main as cli_main
 from dreamfusion.config import CameraConfig, Config, GuidanceConfig, SDSConfig
 from dreamfusion.errors import UserError
+from dreamfusion.graphs import CompiledOrEager, compile_by_default
 from dreamfusion.guidance import perp_neg
 from dreamfusion.guidance.diffusers_common import resolve_dtype
 from dreamfusion.guidance.unet_sds import annealed_t_range, guided_sds, to_epsilon
@@ -443,6 +445,56 @@ def test_auto_dtype_is_half_on_cuda_only():
     assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
 
 
+def test_compiling_is_on_by_default_on_cuda_only(tmp_path, sd_folder):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert compile_by_default(None, cuda) and not compile_by_default(None, cpu)
+    assert compile_by_default(True, cpu) and not compile_by_default(False, cuda)
+    guidance = _build(_config("stable-diffusion", sd_folder, tmp_path))  # on the CPU, the default
+    assert not isinstance(guidance.vae.encoder, CompiledOrEager)
+    assert not isinstance(guidance.model.unet, CompiledOrEager)
+
+
+def test_a_failed_compile_falls_back_to_eager_with_one_warning(monkeypatch):
+    def broken_compile(module):
+        def call(*args, **kwargs):
+            raise RuntimeError("no C compiler found")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    module = torch.nn.Linear(3, 2)
+    wrapped = CompiledOrEager(module)
+    x = torch.randn(4, 3)
+    with pytest.warns(UserWarning, match="compile failed .*no C compiler found.*running Linear eagerly"):
+        out = wrapped(x)
+    torch.testing.assert_close(out, module(x))
+    assert wrapped.state == "eager"
+    with warnings.catch_warnings(record=True) as later:
+        warnings.simplefilter("always")
+        torch.testing.assert_close(wrapped(x), module(x))
+    assert not later  # one warning, not one per call
+
+
+def test_errors_after_a_successful_compiled_call_propagate(monkeypatch):
+    calls = []
+
+    def flaky_compile(module):
+        def call(x):
+            calls.append(x)
+            if len(calls) > 1:
+                raise ValueError("bad input")
+            return module(x)
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", flaky_compile)
+    wrapped = CompiledOrEager(torch.nn.Linear(3, 2))
+    wrapped(torch.randn(1, 3))
+    assert wrapped.state == "compiled"
+    with pytest.raises(ValueError, match="bad input"):
+        wrapped(torch.randn(1, 3))
+
+
 # ------------------------------------------------------------------------------- end to end
 @pytest.mark.parametrize("name", BACKENDS)
 def test_two_step_generate_with_each_backend(tmp_path, folders, name):
@@ -472,10 +524,13 @@ def test_compiled_unet_and_vae_encoder_give_the_eager_sds_gradient(tmp_path, sd_
         guidance = _build(_config("stable-diffusion", sd_folder, tmp_path, compile=compiled))
         embeddings = guidance.embed(view_prompts("a red car"))
         render = images.clone().requires_grad_(True)
-        out = guidance.sds_loss(render, embeddings, prompt_index, cameras, torch.Generator().manual_seed(2), 0.0)
+        out = guidance.sds_loss(
+            render, embeddings, prompt_index, cameras, torch.Generator().manual_seed(2), 0.0
+        )
         out.loss.backward()
         results[compiled] = (out.loss.detach(), render.grad)
-    assert getattr(guidance.vae.encoder, "_compiled_call_impl", None) is not None  # nn.Module.compile() was applied
+    assert isinstance(guidance.vae.encoder, CompiledOrEager) and guidance.vae.encoder.state == "compiled"
+    assert isinstance(guidance.model.unet, CompiledOrEager) and guidance.model.unet.state == "compiled"
     torch._dynamo.reset()
     torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(results[True][1], results[False][1], rtol=1e-3, atol=1e-6)

@@ -235,9 +235,10 @@ class GuidanceConfig:
     """stable-diffusion, deepfloyd-if: reuse prompt embeddings saved on disk (keyed by model and text)."""
     cuda_graphs: bool = True
     """On CUDA, replay the frozen denoiser's forward from a CUDA graph (one launch instead of hundreds)."""
-    compile: bool = False
-    """stable-diffusion, deepfloyd-if: torch.compile the U-Net and (stable-diffusion) the VAE encoder (a minute
-    or two of compiling at the first steps, faster after)."""
+    compile: bool | None = None
+    """stable-diffusion, deepfloyd-if: torch.compile the U-Net and (stable-diffusion) the VAE encoder: a
+    minute or two of compiling at the first steps (less once PyTorch has cached it), faster after. None: on
+    CUDA only. If compiling fails, the model runs eagerly, with a warning."""
     channels_last: bool = False
     """stable-diffusion, deepfloyd-if: keep the U-Net (and VAE) in channels_last memory format, which
     recent NVIDIA GPUs run faster in float16; see benchmarks/guidance_gpu.py."""

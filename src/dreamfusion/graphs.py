@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 Signature = tuple[tuple[tuple[int, ...], torch.dtype, torch.device], ...]
 
@@ -79,3 +79,39 @@ class GraphedForward:
                 torch.cuda.synchronize()
                 return self.fn(*args)
         return captured(args)
+
+
+def compile_by_default(setting: bool | None, device: torch.device) -> bool:
+    """`guidance.compile` resolved: None means on CUDA only (where it pays; on a CPU the minutes of
+    compiling never come back in a run)."""
+    return device.type == "cuda" if setting is None else setting
+
+
+class CompiledOrEager(nn.Module):
+    """`torch.compile(module)`, which falls back to `module` itself, with one warning, if compiling
+    fails on the first call (no compiler toolchain, an unsupported GPU). Once a compiled call has
+    succeeded, errors are the caller's and propagate."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.compiled = torch.compile(module)  # shares the module's parameters
+        self.state = "untried"  # then "compiled" or "eager"
+
+    def forward(self, *args, **kwargs):
+        if self.state == "compiled":
+            return self.compiled(*args, **kwargs)
+        if self.state == "untried":
+            try:
+                out = self.compiled(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - any compile failure falls back to eager
+                self.state = "eager"
+                warnings.warn(
+                    f"torch.compile failed ({type(error).__name__}: {str(error)[:200]}); running "
+                    f"{type(self.module).__name__} eagerly (set --guidance.no-compile to skip compiling)",
+                    stacklevel=2,
+                )
+            else:
+                self.state = "compiled"
+                return out
+        return self.module(*args, **kwargs)

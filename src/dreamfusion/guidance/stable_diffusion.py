@@ -20,6 +20,7 @@ from torch import Tensor
 from dreamfusion.cameras import Cameras
 from dreamfusion.config import GuidanceConfig, SDSConfig
 from dreamfusion.errors import UserError
+from dreamfusion.graphs import CompiledOrEager, compile_by_default
 from dreamfusion.guidance.base import SDSOutput
 from dreamfusion.guidance.diffusers_common import (
     ModelKind,
@@ -68,10 +69,10 @@ class StableDiffusionGuidance:
         self.vae = vae.requires_grad_(False).eval()
         if cfg.channels_last:
             self.vae.to(memory_format=torch.channels_last)
-        if cfg.compile:
+        if compile_by_default(cfg.compile, next(vae.parameters()).device):
             # The encoder runs forward and backward every step (the U-Net only forward): compiling
             # it fuses its GroupNorm + SiLU pairs in both directions.
-            self.vae.encoder.compile()
+            self.vae.encoder = CompiledOrEager(self.vae.encoder)
         if cfg.vae_slicing:
             self.vae.enable_slicing()
         self.device = next(unet.parameters()).device

@@ -19,7 +19,7 @@ from torch import Tensor
 from dreamfusion import sds
 from dreamfusion.cameras import Cameras
 from dreamfusion.config import GuidanceConfig, SDSConfig
-from dreamfusion.graphs import GraphedForward
+from dreamfusion.graphs import CompiledOrEager, GraphedForward, compile_by_default
 from dreamfusion.guidance.base import SDSOutput
 from dreamfusion.guidance.diffusers_common import PromptEmbeddings
 from dreamfusion.guidance.perp_neg import UNCOND, perp_neg_conditional, perp_neg_plan
@@ -87,7 +87,7 @@ def frozen_unet(unet: Any, scheduler: Any, cfg: GuidanceConfig) -> FrozenUNet:
         unet.to(memory_format=torch.channels_last)
     device = next(unet.parameters()).device
     return FrozenUNet(
-        unet=torch.compile(unet) if cfg.compile else unet,
+        unet=CompiledOrEager(unet) if compile_by_default(cfg.compile, device) else unet,
         alphas_cumprod=scheduler.alphas_cumprod.to(device=device, dtype=torch.float32),
         prediction_type=scheduler.config.prediction_type,
         dtype=unet.dtype,
