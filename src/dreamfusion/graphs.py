@@ -108,7 +108,7 @@ class CompiledOrEager(nn.Module):
                 self.state = "eager"
                 warnings.warn(
                     f"torch.compile failed ({type(error).__name__}: {str(error)[:200]}); running "
-                    f"{type(self.module).__name__} eagerly (set --guidance.no-compile to skip compiling)",
+                    f"{type(self.module).__name__} eagerly (--guidance.compile False skips compiling)",
                     stacklevel=2,
                 )
             else:
