@@ -4,6 +4,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 from dreamfusion.cli import main
@@ -179,3 +180,16 @@ def test_runs_in_parallel_processes_give_the_same_report(tmp_path):
         assert b["trained_now"] and b["iou"] == pytest.approx(a["iou"], abs=1e-6)
         assert b["albedo"] == pytest.approx(a["albedo"], abs=1e-5)
     assert "2 runs trained at once" in (parallel / "fidelity.md").read_text()
+
+
+def test_parallel_workers_share_the_cores():
+    """--jobs N gives each worker an equal share of the cores (at least one), set in the worker."""
+    from dreamfusion.eval.bench import limit_threads, worker_threads
+
+    assert worker_threads(2, 16) == 8 and worker_threads(16, 16) == 1 and worker_threads(21, 16) == 1
+    before = torch.get_num_threads()
+    try:
+        limit_threads(1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
