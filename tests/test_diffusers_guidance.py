@@ -16,7 +16,7 @@ from dreamfusion import sds
 from dreamfusion.api import GUIDANCE_BACKENDS, generate
 from dreamfusion.cameras import sample_cameras
 from dreamfusion.cli import main as cli_main
-from dreamfusion.config import CameraConfig, Config, GuidanceConfig, SDSConfig
+from dreamfusion.config import CameraConfig, Config, GuidanceConfig, SDSConfig, validate_config
 from dreamfusion.errors import UserError
 from dreamfusion.graphs import CompiledOrEager, compile_by_default
 from dreamfusion.guidance import perp_neg
@@ -493,6 +493,90 @@ def test_errors_after_a_successful_compiled_call_propagate(monkeypatch):
     assert wrapped.state == "compiled"
     with pytest.raises(ValueError, match="bad input"):
         wrapped(torch.randn(1, 3))
+
+
+def test_latent_sds_scores_the_render_as_the_latent_without_the_vae(tmp_path, sd_folder, monkeypatch):
+    """guidance.latent_warmup's path: a 4-channel render in [0, 1] is resized to the latent size and
+    scaled to [-1, 1], then SDS as on an encoded latent; the VAE is never called."""
+    guidance = _build(_config("stable-diffusion", sd_folder, tmp_path))
+    monkeypatch.setattr(guidance.vae, "encode", lambda *a, **k: pytest.fail("the VAE was called"))
+    embeddings = guidance.embed(view_prompts("a red car"))
+    cameras = _cameras([10.0, 170.0], [20.0, 30.0])
+    prompt_index = view_index(cameras.elevation, cameras.azimuth)
+    render = torch.rand(2, 4, 12, 12, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    out = guidance.sds_loss_latent(
+        render, embeddings, prompt_index, cameras, torch.Generator().manual_seed(2), 0.0
+    )
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and render.grad.shape == render.shape and render.grad.abs().sum() > 0
+    z = torch.nn.functional.interpolate(render.detach(), size=(8, 8), mode="bilinear", align_corners=False)
+    by_hand = guided_sds(
+        guidance.model,
+        z * 2.0 - 1.0,
+        embeddings,
+        prompt_index,
+        cameras,
+        torch.Generator().manual_seed(2),
+        0.0,
+        guidance.cfg,
+        guidance.sds_cfg,
+    )
+    torch.testing.assert_close(out.loss, by_hand.loss)
+    with pytest.raises(ValueError, match=r"latents must be \(B, 4, H, W\)"):
+        guidance.sds_loss_latent(render[:, :3], embeddings, prompt_index, cameras, torch.Generator(), 0.0)
+
+
+def test_latent_warmup_steps_skip_the_vae_then_training_goes_on_through_it(tmp_path, sd_folder):
+    from dreamfusion.trainer import Trainer
+
+    cfg = tiny_config(steps=4)
+    cfg = dataclasses.replace(
+        cfg,
+        camera=dataclasses.replace(cfg.camera, resolution=SIZE),
+        guidance=GuidanceConfig(
+            name="stable-diffusion",
+            model=str(sd_folder),
+            cache_dir=str(tmp_path / "cache"),
+            latent_warmup=0.5,
+        ),
+    )
+    guidance = _build(cfg)
+    encode, calls = guidance.vae.encode, []
+    guidance.vae.encode = lambda x: calls.append(x.shape) or encode(x)
+    trainer = Trainer("a red car", cfg, tmp_path / "run", guidance)
+    shadings = []
+    for _ in range(4):
+        before = [p.detach().clone() for p in trainer.field.parameters()]
+        shadings.append(trainer.train_step()["shading"])
+        assert any(not torch.equal(a, p) for a, p in zip(before, trainer.field.parameters(), strict=True))
+    assert shadings[:2] == ["latent", "latent"] and "latent" not in shadings[2:]
+    assert len(calls) == 2  # the VAE only after the warm-up
+
+
+def test_latent_warmup_with_a_pixel_model_is_one_clear_error(tmp_path):
+    from dreamfusion.trainer import Trainer
+
+    cfg = tiny_config(steps=4)
+    cfg = dataclasses.replace(cfg, guidance=dataclasses.replace(cfg.guidance, latent_warmup=0.5))
+    with pytest.raises(UserError, match="latent_warmup needs a latent model .*'closed-form' scores pixels"):
+        Trainer(
+            "a red car", cfg, tmp_path / "run", GUIDANCE_BACKENDS[cfg.guidance.name](cfg, torch.device("cpu"))
+        )
+    assert not (tmp_path / "run").exists()  # nothing written
+    bad = dataclasses.replace(cfg, guidance=dataclasses.replace(cfg.guidance, latent_warmup=1.5))
+    with pytest.raises(UserError, match=r"latent_warmup is a fraction of training in \[0, 1\] \(got 1.5\)"):
+        validate_config(bad)
+
+
+def test_normal_latent_is_the_normal_map_over_black_then_the_opacity():
+    from dreamfusion.rendering import normal_latent
+
+    normal = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0, 0.0]).view(2, 3, 1, 1).transpose(0, 1).reshape(1, 3, 1, 2)
+    alpha = torch.tensor([1.0, 0.0]).view(1, 1, 1, 2)  # an opaque pixel facing +x, an empty one
+    latent = normal_latent(normal, alpha)
+    assert latent.shape == (1, 4, 1, 2)
+    torch.testing.assert_close(latent[0, :, 0, 0], torch.tensor([1.0, 0.5, 0.5, 1.0]))
+    torch.testing.assert_close(latent[0, :, 0, 1], torch.zeros(4))
 
 
 # ------------------------------------------------------------------------------- end to end

@@ -242,6 +242,11 @@ class GuidanceConfig:
     channels_last: bool = False
     """stable-diffusion, deepfloyd-if: keep the U-Net (and VAE) in channels_last memory format, which
     recent NVIDIA GPUs run faster in float16; see benchmarks/guidance_gpu.py."""
+    latent_warmup: float = 0.0
+    """stable-diffusion: fraction of training (0 to 1) in which the render is the latent itself, not
+    encoded by the VAE (Latent-NeRF; stable-dreamfusion's latent_iter_ratio): the normal map's colors
+    (n + 1) / 2 and the opacity, over black, are the four latent channels, resized to the latent size
+    and scaled to [-1, 1]. Coarse geometry without the VAE's cost. 0: off."""
     vae_slicing: bool = False
     """stable-diffusion: encode a batch through the VAE one image at a time (less memory, a little slower)."""
     perp_neg: bool = False
@@ -382,6 +387,10 @@ def validate_config(cfg: Config) -> None:
             or (cfg.render.occupancy_resolution > 0 and cfg.render.occupancy_update_every > 0),
             "render.occupancy_resolution and render.occupancy_update_every must be positive "
             f"(got {cfg.render.occupancy_resolution}, {cfg.render.occupancy_update_every})",
+        ),
+        (
+            0.0 <= cfg.guidance.latent_warmup <= 1.0,
+            f"guidance.latent_warmup is a fraction of training in [0, 1] (got {cfg.guidance.latent_warmup})",
         ),
         (
             0.0 <= cfg.render.occupancy_decay <= 1.0,

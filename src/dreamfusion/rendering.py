@@ -58,6 +58,13 @@ def expected_depth(weights: Tensor, t_mid: Tensor) -> Tensor:
     return (weights * t_mid).sum(dim=-1)
 
 
+def normal_latent(normal: Tensor, alpha: Tensor) -> Tensor:
+    """(B, 3, H, W) accumulated normals sum(w n) and (B, 1, H, W) opacity -> (B, 4, H, W) in [0, 1]:
+    the normal map's colors (n + 1) / 2 composited over black, then the opacity. Latent-NeRF's four
+    channels for a render taken as a latent (`guidance.latent_warmup`)."""
+    return torch.cat([(normal + alpha) * 0.5, alpha], dim=1)
+
+
 def composite(rgb: Tensor, alpha: Tensor, background: Tensor) -> Tensor:
     """Premultiplied ray color over the background: rgb (R, 3), alpha (R, 1), background (R, 3) -> (R, 3).
 

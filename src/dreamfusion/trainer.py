@@ -42,7 +42,7 @@ from dreamfusion.optim import build_optimizer, lr_factor, set_lr
 from dreamfusion.prompts import view_index, view_prompts
 from dreamfusion.regularizers import distortion_loss, opacity_loss, orientation_loss, ramp
 from dreamfusion.renderer import render, render_views
-from dreamfusion.rendering import composite
+from dreamfusion.rendering import composite, normal_latent
 from dreamfusion.run_dir import RunDir, save_image_grid
 from dreamfusion.shading import choose_shading
 
@@ -95,6 +95,13 @@ class Trainer:
         if not prompt.strip():
             raise UserError('the prompt is empty; give a sentence such as "a ceramic mug"')
         validate_config(cfg)
+        # Steps whose render is the guidance's latent (normal map and opacity, no VAE).
+        self._latent_steps = round(cfg.guidance.latent_warmup * cfg.train.steps)
+        if self._latent_steps and not hasattr(guidance, "sds_loss_latent"):
+            raise UserError(
+                f"guidance.latent_warmup needs a latent model (stable-diffusion); '{cfg.guidance.name}' "
+                "scores pixels: leave guidance.latent_warmup at 0"
+            )
         self.prompt = prompt.strip()
         self.cfg = cfg
         self.device = resolve_device(cfg.train.device)
@@ -148,13 +155,16 @@ class Trainer:
         # non-finite step is dropped by the optimizer itself, so the CPU queues kernels ahead.
         cameras = sample_cameras(cfg.train.batch_size, cfg.camera, self.cpu_gen)
         shading = choose_shading(self.step, cfg.shading, self.cpu_gen)
+        latent = self.step < self._latent_steps
+        if latent:  # the render's normals and opacity are the latent: its colors are not used
+            shading = "albedo"
         prompt_index = to_device(
             view_index(cameras.elevation, cameras.azimuth, bottom_below=cfg.camera.bottom_view_below),
             self.device,
         )
         cameras = cameras.to(self.device)
         orientation_w, opacity_w = self._regularizer_weights()
-        need_normals = shading != "albedo" or orientation_w > 0
+        need_normals = latent or shading != "albedo" or orientation_w > 0
         if self.occupancy is not None and self._occupancy_due():
             with timer("occupancy"):
                 self.occupancy.update(self.field, self._occupancy_generator())
@@ -181,21 +191,34 @@ class Trainer:
                     compute_normals=need_normals,
                     occupancy=self.occupancy,
                 )
-            image = out.image.float()  # (b, 3, H, W)
             evaluated += out.samples_evaluated
-            if cfg.background.kind == "random":
-                colors = to_device(torch.rand(len(part), 3, 1, 1, generator=self.cpu_gen), self.device)
-                image = composite(image, out.alpha.float(), colors)  # over black, image is premultiplied
-            with timer("guidance"):
-                sds = self.guidance.sds_loss(
-                    image,
-                    self.embeddings,
-                    prompt_index[start : start + micro],
-                    part,
-                    self.device_gen,
-                    self.step / cfg.train.steps,
-                    shading=shading,
-                )
+            progress = self.step / cfg.train.steps
+            if latent:
+                image = normal_latent(out.normal.float(), out.alpha.float())  # (b, 4, H, W)
+                with timer("guidance"):
+                    sds = self.guidance.sds_loss_latent(
+                        image,
+                        self.embeddings,
+                        prompt_index[start : start + micro],
+                        part,
+                        self.device_gen,
+                        progress,
+                    )
+            else:
+                image = out.image.float()  # (b, 3, H, W)
+                if cfg.background.kind == "random":
+                    colors = to_device(torch.rand(len(part), 3, 1, 1, generator=self.cpu_gen), self.device)
+                    image = composite(image, out.alpha.float(), colors)  # over black, image is premultiplied
+                with timer("guidance"):
+                    sds = self.guidance.sds_loss(
+                        image,
+                        self.embeddings,
+                        prompt_index[start : start + micro],
+                        part,
+                        self.device_gen,
+                        progress,
+                        shading=shading,
+                    )
             loss = sds.loss + opacity_w * opacity_loss(out.alpha)
             distortion = torch.zeros((), device=self.device)
             if cfg.regularizers.distortion_weight > 0:
@@ -229,6 +252,7 @@ class Trainer:
             extra = {"occupied": self.occupancy.occupied_fraction(), "evaluated": evaluated / total}
         # The statistics are 0-dim tensors on the device: reading one (float(), formatting) waits
         # for the step to finish, so the loop reads them only when it logs.
+        shading = "latent" if latent else shading
         return {"step": self.step, **sums, "shading": shading, "lr": lr, "skipped": skipped, **extra}
 
     def _occupancy_due(self) -> bool:

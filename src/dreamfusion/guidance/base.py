@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -44,4 +45,20 @@ class Guidance(Protocol):
         shading: str | None = None,  # how the images were shaded (albedo, lambertian, textureless)
     ) -> SDSOutput:
         """The SDS loss for the batch, computed by `dreamfusion.sds`."""
+        ...
+
+
+class LatentGuidance(Guidance, Protocol):
+    """A latent model that can also score a render taken as its latent (`guidance.latent_warmup`)."""
+
+    def sds_loss_latent(
+        self,
+        latents: Tensor,  # (B, 4, H, W) in [0, 1]: normal-map colors and opacity
+        embeddings: Any,
+        prompt_index: Tensor,
+        cameras: Cameras,
+        generator: torch.Generator,
+        progress: float,
+    ) -> SDSOutput:
+        """SDS with the render itself as the latent (resized, scaled to [-1, 1]; no VAE)."""
         ...

@@ -133,6 +133,36 @@ class StableDiffusionGuidance:
             self.sds_cfg,
         )
 
+    def sds_loss_latent(
+        self,
+        latents: Tensor,  # (B, C, H, W) in [0, 1], C = the U-Net's latent channels
+        embeddings: PromptEmbeddings,
+        prompt_index: Tensor,  # (B,)
+        cameras: Cameras,
+        generator: torch.Generator,
+        progress: float,
+    ) -> SDSOutput:
+        """SDS on the render taken as the latent (`guidance.latent_warmup`): resized to the latent
+        size and scaled to [-1, 1], no VAE; the gradient reaches the render directly."""
+        channels = self.model.channels
+        if latents.dim() != 4 or latents.shape[1] != channels:
+            raise ValueError(
+                f"latents must be (B, {channels}, H, W) in [0, 1], got shape {tuple(latents.shape)}"
+            )
+        size = self.image_size // self.latent_factor
+        z = F.interpolate(latents.to(self.device), size=(size, size), mode="bilinear", align_corners=False)
+        return guided_sds(
+            self.model,
+            z * 2.0 - 1.0,
+            embeddings,
+            prompt_index,
+            cameras,
+            generator,
+            progress,
+            self.cfg,
+            self.sds_cfg,
+        )
+
 
 def clip_text_encoder(tokenizer: Any, text_encoder: Any) -> TextEncoder:
     """encode(texts) -> (N, L, D) last hidden states, as StableDiffusionPipeline.encode_prompt does."""
