@@ -193,3 +193,38 @@ def test_parallel_workers_share_the_cores():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_run_that_fails_does_not_stop_the_others(tmp_path, capsys, monkeypatch):
+    """A run whose scoring raises is reported in one line; the others are scored and reported; the
+    command then exits non-zero with one line, and the same command retries only the failed run."""
+    if not PRIOR_PATH.is_file():
+        pytest.skip(f"the bundled prior's weights are not installed ({PRIOR_PATH})")
+    from dreamfusion.eval import bench
+
+    score_run = bench.score_run
+
+    def broken_for_green(run, options, run_dir):
+        if run.prompt.color == "green":
+            raise RuntimeError("no module named fast_simplification")
+        return score_run(run, options, run_dir)
+
+    monkeypatch.setattr(bench, "score_run", broken_for_green)
+    out = tmp_path / "bench"
+    assert main(["bench", "fidelity", *TINY, "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert (
+        "a green sphere (seed 0): FAILED (RuntimeError: no module named fast_simplification)" in captured.out
+    )
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: 1 of 2 runs failed (sphere-green-s0")
+    report = _report(out)
+    assert [r["prompt"] for r in report["runs"]] == ["a blue sphere"] and not report["complete"]
+
+    monkeypatch.setattr(bench, "score_run", score_run)  # the cause fixed: only the failed run is scored
+    assert main(["bench", "fidelity", *TINY, "--out", str(out)]) == 0
+    runs = _report(out)["runs"]
+    assert [(r["prompt"], r["trained_now"], r["scored_now"]) for r in runs] == [
+        ("a green sphere", False, True),
+        ("a blue sphere", False, False),
+    ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import math
 import multiprocessing
@@ -200,6 +201,7 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
 
     prompt_set, runs = check_options(options)
     done: dict[int, dict] = {}
+    failed: list[str] = []
     report: dict = {}
 
     def finished(i: int, record: dict) -> None:
@@ -219,10 +221,36 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
         report = build_report(options, prompt_set, records, total=len(runs))
         write_report(report, options.out)
 
+    def outcome(i: int, get_record: Callable[[], dict]) -> None:
+        """One run's record, or one line saying it failed: the other runs go on (a run's own
+        failure must not throw away the hour of runs around it). Bad input still stops everything."""
+        try:
+            record = get_record()
+        except UserError:
+            raise
+        except Exception as error:  # noqa: BLE001 - reported, then raised as one line at the end
+            failed.append(runs[i].name)
+            log(
+                f"[{len(done) + len(failed)}/{len(runs)}] {runs[i].prompt.text} (seed {runs[i].seed}): "
+                f"FAILED ({type(error).__name__}: {str(error)[:300]})"
+            )
+            return
+        finished(i, record)
+
+    def check_failures() -> dict:
+        if failed:
+            raise UserError(
+                f"{len(failed)} of {len(runs)} runs failed ({', '.join(failed[:3])}"
+                f"{', ...' if len(failed) > 3 else ''}; each said why above); the report holds the "
+                f"{len(done)} others. Fix the cause and run the same command again: finished runs are "
+                "read back, failed ones resume from their last checkpoint"
+            )
+        return report
+
     if options.jobs <= 1:
         for i, run in enumerate(runs):
-            finished(i, bench_run(run, options))
-        return report
+            outcome(i, functools.partial(bench_run, run, options))
+        return check_failures()
     # Workers start fresh interpreters (spawn): CUDA cannot be used in a forked child.
     context = multiprocessing.get_context("spawn")
     quiet = dataclasses.replace(
@@ -238,12 +266,12 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
         futures = {pool.submit(bench_run, run, quiet): i for i, run in enumerate(runs)}
         try:
             for future in concurrent.futures.as_completed(futures):
-                finished(futures[future], future.result())
+                outcome(futures[future], future.result)
         except BaseException:
             for future in futures:
                 future.cancel()
             raise
-    return report
+    return check_failures()
 
 
 def worker_threads(jobs: int, cpus: int) -> int:
