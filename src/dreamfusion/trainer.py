@@ -12,6 +12,7 @@ from a generator seeded by the step, so the grid on or off leaves every other dr
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -192,33 +193,24 @@ class Trainer:
                     occupancy=self.occupancy,
                 )
             evaluated += out.samples_evaluated
-            progress = self.step / cfg.train.steps
             if latent:
                 image = normal_latent(out.normal.float(), out.alpha.float())  # (b, 4, H, W)
-                with timer("guidance"):
-                    sds = self.guidance.sds_loss_latent(
-                        image,
-                        self.embeddings,
-                        prompt_index[start : start + micro],
-                        part,
-                        self.device_gen,
-                        progress,
-                    )
+                score = self.guidance.sds_loss_latent
             else:
                 image = out.image.float()  # (b, 3, H, W)
                 if cfg.background.kind == "random":
                     colors = to_device(torch.rand(len(part), 3, 1, 1, generator=self.cpu_gen), self.device)
                     image = composite(image, out.alpha.float(), colors)  # over black, image is premultiplied
-                with timer("guidance"):
-                    sds = self.guidance.sds_loss(
-                        image,
-                        self.embeddings,
-                        prompt_index[start : start + micro],
-                        part,
-                        self.device_gen,
-                        progress,
-                        shading=shading,
-                    )
+                score = functools.partial(self.guidance.sds_loss, shading=shading)
+            with timer("guidance"):
+                sds = score(
+                    image,
+                    self.embeddings,
+                    prompt_index[start : start + micro],
+                    part,
+                    self.device_gen,
+                    self.step / cfg.train.steps,
+                )
             loss = sds.loss + opacity_w * opacity_loss(out.alpha)
             distortion = torch.zeros((), device=self.device)
             if cfg.regularizers.distortion_weight > 0:

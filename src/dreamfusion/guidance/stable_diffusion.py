@@ -120,17 +120,9 @@ class StableDiffusionGuidance:
     ) -> SDSOutput:
         """SDS on the latent; its gradient reaches `images` through the VAE encoder."""
         check_images(images)
-        latents = self.encode_images(images.to(self.device))
+        z = self.encode_images(images.to(self.device))
         return guided_sds(
-            self.model,
-            latents,
-            embeddings,
-            prompt_index,
-            cameras,
-            generator,
-            progress,
-            self.cfg,
-            self.sds_cfg,
+            self.model, z, embeddings, prompt_index, cameras, generator, progress, self.cfg, self.sds_cfg
         )
 
     def sds_loss_latent(
@@ -151,16 +143,9 @@ class StableDiffusionGuidance:
             )
         size = self.image_size // self.latent_factor
         z = F.interpolate(latents.to(self.device), size=(size, size), mode="bilinear", align_corners=False)
+        z = z * 2.0 - 1.0
         return guided_sds(
-            self.model,
-            z * 2.0 - 1.0,
-            embeddings,
-            prompt_index,
-            cameras,
-            generator,
-            progress,
-            self.cfg,
-            self.sds_cfg,
+            self.model, z, embeddings, prompt_index, cameras, generator, progress, self.cfg, self.sds_cfg
         )
 
 
