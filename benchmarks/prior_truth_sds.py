@@ -8,7 +8,8 @@ prior's mode is elsewhere and SDS drifts away from the truth even when started t
 object of the world (in one color), renders of the truth and of a sphere of the same color (a sphere
 of the object's color for every other object; a cube for the sphere) from the `default` preset's
 training cameras, over random solid backgrounds, in albedo shading, are scored under the object's
-view prompts exactly as training scores them (the default preset's CFG, t range and weighting).
+view prompts exactly as training scores them (the default preset's CFG, t range and weighting;
+`--shading` and `--guidance-scale` change the render's shading and the CFG).
 Reports the mean SDS gradient norm per image at the truth, at the decoy, and their ratio
 (truth / decoy: below 1 means the prior prefers the truth). Writes JSON and prints a table.
 """
@@ -32,18 +33,24 @@ from dreamfusion.world import OBJECTS, caption, render_object
 COLOR = "red"
 
 
-def grad_norm(guidance, images, embeddings, prompt_index, cameras, repeats: int, seed: int) -> float:
+def grad_norm(
+    guidance, images, embeddings, prompt_index, cameras, repeats: int, seed: int, shading: str
+) -> float:
     """Mean over `repeats` draws of (t, eps) of the per-image norm of w(t) (eps_hat - eps)."""
     norms = []
     for r in range(repeats):
         generator = torch.Generator(images.device).manual_seed(seed + r)
-        out = guidance.sds_loss(images, embeddings, prompt_index, cameras, generator, 0.0, shading="albedo")
+        out = guidance.sds_loss(images, embeddings, prompt_index, cameras, generator, 0.0, shading=shading)
         norms.append(float(out.grad_norm))
     return sum(norms) / len(norms)
 
 
-def measure(name: str, views: int, repeats: int, device: torch.device, seed: int) -> dict:
+def measure(
+    name: str, views: int, repeats: int, device: torch.device, seed: int, shading: str, scale: float | None
+) -> dict:
     cfg = resolve_config("default", device=str(device))
+    if scale is not None:
+        cfg = dataclasses.replace(cfg, sds=dataclasses.replace(cfg.sds, guidance_scale=scale))
     guidance = load_bundled(cfg.guidance, cfg.sds, device)
     cameras = sample_cameras(views, cfg.camera, torch.Generator().manual_seed(seed)).to(device)
     background = torch.rand(views, 3, generator=torch.Generator().manual_seed(seed + 1)).to(device)
@@ -53,8 +60,9 @@ def measure(name: str, views: int, repeats: int, device: torch.device, seed: int
     decoy = "cube" if name == "sphere" else "sphere"
 
     def score(object_name: str) -> float:
-        images = render_object(OBJECTS[object_name].with_color(COLOR), cameras, "albedo", background)
-        return grad_norm(guidance, images, embeddings, prompt_index.to(device), cameras, repeats, seed + 2)
+        images = render_object(OBJECTS[object_name].with_color(COLOR), cameras, shading, background)
+        index = prompt_index.to(device)
+        return grad_norm(guidance, images, embeddings, index, cameras, repeats, seed + 2, shading)
 
     truth, wrong = score(name), score(decoy)
     return {
@@ -76,16 +84,23 @@ def main() -> None:
     parser.add_argument("--objects", nargs="+", default=list(OBJECTS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shading", default="albedo", choices=["albedo", "lambertian", "textureless"])
+    parser.add_argument("--guidance-scale", type=float, default=None, help="CFG (default: the preset's)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/prior_truth_sds.json"))
     args = parser.parse_args()
     device = torch.device(args.device)
-    rows = [measure(name, args.views, args.repeats, device, args.seed) for name in args.objects]
+    rows = [
+        measure(name, args.views, args.repeats, device, args.seed, args.shading, args.guidance_scale)
+        for name in args.objects
+    ]
     report = {
         "machine": machine_info(),
         "commit": git_commit(),
         "views": args.views,
         "repeats": args.repeats,
         "color": COLOR,
+        "shading": args.shading,
+        "guidance_scale": args.guidance_scale,
         "settings": dataclasses.asdict(resolve_config("default", device=args.device).sds),
         "results": rows,
     }
