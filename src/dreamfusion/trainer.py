@@ -37,7 +37,7 @@ from dreamfusion.config import Config, to_dict, validate_config
 from dreamfusion.errors import UserError
 from dreamfusion.fields import build_background, build_field
 from dreamfusion.fields.background import ConstantBackground
-from dreamfusion.guidance.base import Guidance
+from dreamfusion.guidance.base import Guidance, LatentGuidance
 from dreamfusion.occupancy import OccupancyGrid
 from dreamfusion.optim import build_optimizer, lr_factor, set_lr
 from dreamfusion.prompts import view_index, view_prompts
@@ -98,7 +98,7 @@ class Trainer:
         validate_config(cfg)
         # Steps whose render is the guidance's latent (normal map and opacity, no VAE).
         self._latent_steps = round(cfg.guidance.latent_warmup * cfg.train.steps)
-        if self._latent_steps and not hasattr(guidance, "sds_loss_latent"):
+        if self._latent_steps and not isinstance(guidance, LatentGuidance):
             raise UserError(
                 f"guidance.latent_warmup needs a latent model (stable-diffusion); '{cfg.guidance.name}' "
                 "scores pixels: leave guidance.latent_warmup at 0"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -48,8 +48,10 @@ class Guidance(Protocol):
         ...
 
 
+@runtime_checkable
 class LatentGuidance(Guidance, Protocol):
-    """A latent model that can also score a render taken as its latent (`guidance.latent_warmup`)."""
+    """A latent model that can also score a render taken as its latent (`guidance.latent_warmup`);
+    the trainer checks for it with isinstance."""
 
     def sds_loss_latent(
         self,

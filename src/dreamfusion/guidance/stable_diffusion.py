@@ -67,15 +67,15 @@ class StableDiffusionGuidance:
         self.cfg, self.sds_cfg = cfg, sds_cfg
         self.model = frozen_unet(unet, scheduler, cfg)
         self.vae = vae.requires_grad_(False).eval()
+        self.device = next(unet.parameters()).device
         if cfg.channels_last:
             self.vae.to(memory_format=torch.channels_last)
-        if compile_by_default(cfg.compile, next(vae.parameters()).device):
+        if compile_by_default(cfg.compile, self.device):
             # The encoder runs forward and backward every step (the U-Net only forward): compiling
             # it fuses its GroupNorm + SiLU pairs in both directions.
             self.vae.encoder = CompiledOrEager(self.vae.encoder)
         if cfg.vae_slicing:
             self.vae.enable_slicing()
-        self.device = next(unet.parameters()).device
         self.latent_factor = 2 ** (len(vae.config.block_out_channels) - 1)  # 8 for SD
         self.image_size = cfg.image_size or unet.config.sample_size * self.latent_factor
         if self.image_size % self.latent_factor:
