@@ -10,6 +10,9 @@ of the object's color for every other object; a cube for the sphere) from the `d
 training cameras, over random solid backgrounds, in albedo shading, are scored under the object's
 view prompts exactly as training scores them (the default preset's CFG, t range and weighting;
 `--shading` and `--guidance-scale` change the render's shading and the CFG).
+`--turn DEG` makes the decoy the object itself turned DEG degrees about +z: does the prior know
+which way the object faces under the camera it is given (a cube at 45 degrees, a house at 180)?
+`--distance-range` / `--focal-range` narrow the cameras; `--model` scores other prior weights.
 Reports the mean SDS gradient norm per image at the truth, at the decoy, and their ratio
 (truth / decoy: below 1 means the prior prefers the truth). Writes JSON and prints a table.
 """
@@ -19,12 +22,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import torch
 
 from dreamfusion.api import resolve_config
-from dreamfusion.cameras import sample_cameras
+from dreamfusion.cameras import Cameras, sample_cameras
 from dreamfusion.guidance.bundled import load_bundled
 from dreamfusion.prompts import view_index, view_prompts
 from dreamfusion.provenance import git_commit, machine_info
@@ -45,26 +49,47 @@ def grad_norm(
     return sum(norms) / len(norms)
 
 
-def measure(
-    name: str, views: int, repeats: int, device: torch.device, seed: int, shading: str, scale: float | None
-) -> dict:
+def turned(cameras: Cameras, degrees: float) -> Cameras:
+    """The same cameras turned `degrees` about +z: through them the object looks turned by -degrees."""
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    rot = cameras.c2w.new_tensor(
+        [[c, -s, 0.0, 0.0], [s, c, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+    )
+    return dataclasses.replace(
+        cameras, c2w=rot @ cameras.c2w, light_position=cameras.light_position @ rot[:3, :3].T
+    )
+
+
+def measure(name: str, args: argparse.Namespace, camera: dict) -> dict:
+    device = torch.device(args.device)
     cfg = resolve_config("default", device=str(device))
-    if scale is not None:
-        cfg = dataclasses.replace(cfg, sds=dataclasses.replace(cfg.sds, guidance_scale=scale))
+    if args.guidance_scale is not None:
+        cfg = dataclasses.replace(cfg, sds=dataclasses.replace(cfg.sds, guidance_scale=args.guidance_scale))
+    if args.model is not None:
+        cfg = dataclasses.replace(cfg, guidance=dataclasses.replace(cfg.guidance, model=str(args.model)))
+    cfg = dataclasses.replace(cfg, camera=dataclasses.replace(cfg.camera, **camera))
     guidance = load_bundled(cfg.guidance, cfg.sds, device)
-    cameras = sample_cameras(views, cfg.camera, torch.Generator().manual_seed(seed)).to(device)
-    background = torch.rand(views, 3, generator=torch.Generator().manual_seed(seed + 1)).to(device)
+    cameras = sample_cameras(args.views, cfg.camera, torch.Generator().manual_seed(args.seed))
+    background = torch.rand(args.views, 3, generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
     prompt = caption(name, COLOR)
     embeddings = guidance.embed(view_prompts(prompt, bottom=cfg.camera.bottom_view_below is not None))
-    prompt_index = view_index(cameras.elevation, cameras.azimuth, bottom_below=cfg.camera.bottom_view_below)
-    decoy = "cube" if name == "sphere" else "sphere"
+    index = view_index(cameras.elevation, cameras.azimuth, bottom_below=cfg.camera.bottom_view_below).to(
+        device
+    )
+    cameras = cameras.to(device)
+    if args.turn is not None:
+        decoy, decoy_cameras = f"{name} turned {args.turn:g} deg", turned(cameras, args.turn)
+    else:
+        decoy, decoy_cameras = "cube" if name == "sphere" else "sphere", cameras
 
-    def score(object_name: str) -> float:
-        images = render_object(OBJECTS[object_name].with_color(COLOR), cameras, shading, background)
-        index = prompt_index.to(device)
-        return grad_norm(guidance, images, embeddings, index, cameras, repeats, seed + 2, shading)
+    def score(object_name: str, seen_from: Cameras) -> float:
+        images = render_object(OBJECTS[object_name].with_color(COLOR), seen_from, args.shading, background)
+        return grad_norm(
+            guidance, images, embeddings, index, cameras, args.repeats, args.seed + 2, args.shading
+        )
 
-    truth, wrong = score(name), score(decoy)
+    truth = score(name, cameras)
+    wrong = score(name if args.turn is not None else decoy, decoy_cameras)
     return {
         "object": name,
         "prompt": prompt,
@@ -86,13 +111,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shading", default="albedo", choices=["albedo", "lambertian", "textureless"])
     parser.add_argument("--guidance-scale", type=float, default=None, help="CFG (default: the preset's)")
+    parser.add_argument("--distance-range", type=float, nargs=2, default=None, help="camera distances")
+    parser.add_argument("--focal-range", type=float, nargs=2, default=None, help="focal multipliers")
+    parser.add_argument(
+        "--turn", type=float, default=None, help="decoy: the object itself turned this many degrees about +z"
+    )
+    parser.add_argument("--model", type=Path, default=None, help="prior weights (default: the shipped ones)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/prior_truth_sds.json"))
     args = parser.parse_args()
-    device = torch.device(args.device)
-    rows = [
-        measure(name, args.views, args.repeats, device, args.seed, args.shading, args.guidance_scale)
-        for name in args.objects
-    ]
+    camera = {}
+    if args.distance_range:
+        camera["distance_range"] = tuple(args.distance_range)
+    if args.focal_range:
+        camera["focal_range"] = tuple(args.focal_range)
+    rows = [measure(name, args, camera) for name in args.objects]
     report = {
         "machine": machine_info(),
         "commit": git_commit(),
@@ -101,15 +133,19 @@ def main() -> None:
         "color": COLOR,
         "shading": args.shading,
         "guidance_scale": args.guidance_scale,
+        "camera": camera,
+        "turn": args.turn,
+        "model": str(args.model) if args.model else None,
         "settings": dataclasses.asdict(resolve_config("default", device=args.device).sds),
         "results": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-    print(f"{'object':10s} {'decoy':7s} {'|g| truth':>10s} {'|g| decoy':>10s} {'truth/decoy':>12s}")
+    print(f"{'object':10s} {'decoy':18s} {'|g| truth':>10s} {'|g| decoy':>10s} {'truth/decoy':>12s}")
     for r in rows:
         print(
-            f"{r['object']:10s} {r['decoy']:7s} {r['truth']:10.2f} {r['decoy_norm']:10.2f} {r['ratio']:12.3f}"
+            f"{r['object']:10s} {r['decoy']:18s} {r['truth']:10.2f} {r['decoy_norm']:10.2f} "
+            f"{r['ratio']:12.3f}"
         )
     print(f"wrote {args.out}")
 

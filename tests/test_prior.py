@@ -21,7 +21,7 @@ from dreamfusion.prior.recipes import tiny
 from dreamfusion.prior.sample import ddim_sample, ddim_timesteps, prompt_cameras, sample_prompts
 from dreamfusion.prior.text import PAD, START
 from dreamfusion.prior.train import PriorTrainer, build_optimizer, diffusion_loss
-from dreamfusion.prior.unet import camera_features
+from dreamfusion.prior.unet import CAMERA_FEATURES, CAMERA_WIDTH, camera_features, ray_map
 from dreamfusion.prompts import view_prompts
 
 
@@ -53,6 +53,11 @@ def weights(tmp_path_factory) -> Path:
     return path
 
 
+def camera_input(cams) -> torch.Tensor:
+    """The U-Net's camera input (B, CAMERA_WIDTH) for `Cameras`."""
+    return camera_features(cams.elevation, cams.azimuth, cams.distance, cams.focal / cams.width, cams.c2w)
+
+
 def tiny_recipe(steps: int, **train):
     recipe = tiny()
     return dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, steps=steps, **train))
@@ -76,15 +81,49 @@ def test_tokenizer_ids_and_unknown_word_error(weights):
 
 
 def test_camera_features_by_hand():
-    f = camera_features(torch.tensor([30.0]), torch.tensor([90.0]), torch.tensor([1.0]), torch.tensor([1.2]))
-    expected = [0.5, math.sqrt(3) / 2, 1.0, 0.0, -1.0, 0.6, 3.0 * math.log(1.2)]
+    c2w = torch.arange(16.0).reshape(1, 4, 4)
+    f = camera_features(
+        torch.tensor([30.0]), torch.tensor([90.0]), torch.tensor([1.0]), torch.tensor([1.2]), c2w
+    )
+    expected = [0.5, math.sqrt(3) / 2, 1.0, 0.0, -1.0, 0.6, 3.0 * math.log(1.2), *range(12), 1.2]
+    assert f.shape == (1, CAMERA_WIDTH)
     assert torch.allclose(f[0], torch.tensor(expected), atol=1e-6)
+
+
+def test_ray_map_by_hand():
+    """A camera at (1, 0, 0) looking at the origin, +z up: its center ray is -x with no moment;
+    at 2x2 the top-left pixel looks up (+z) and to the camera's left (-y), and o x d is its moment."""
+    cams = orbit_cameras(1, 2, elevation=0.0, distance=1.0, focal_multiplier=0.5)
+    center = ray_map(camera_input(cams), 1)[0, :, 0, 0]
+    assert torch.allclose(center, torch.tensor([-1.0, 0.0, 0.0, 0.0, 0.0, 0.0]), atol=1e-6)
+    rays = ray_map(camera_input(cams), 2)  # focal 1 px at 2 px: pixel centers at +-0.5 / 1
+    top_left = rays[0, :, 0, 0]
+    d = torch.nn.functional.normalize(torch.tensor([-1.0, -0.5, 0.5]), dim=0)
+    assert torch.allclose(top_left[:3], d, atol=1e-6)
+    assert torch.allclose(top_left[3:], torch.linalg.cross(torch.tensor([1.0, 0.0, 0.0]), d), atol=1e-6)
+
+
+def test_rays_tell_the_model_the_azimuth_the_features_do_not_carry():
+    """Same embedding features, the camera turned 90 degrees about z: only the rays differ, and
+    the prediction follows them (the way a prior can tell a cube's faces apart from its corners)."""
+    model = random_model()
+    cams = orbit_cameras(2, 16, elevation=20.0, distance=1.2)
+    camera = camera_input(cams)
+    turned = camera_input(orbit_cameras(2, 16, elevation=20.0, distance=1.2, azimuth_start=90.0))
+    turned[:, :CAMERA_FEATURES] = camera[:, :CAMERA_FEATURES]
+    z, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 500])
+    text = model.encode(["a red cube", "a red cube"])
+    assert not torch.allclose(model(z, t, text, camera), model(z, t, text, turned))
+    flat = PriorModel(
+        dataclasses.replace(tiny().model, unet=dataclasses.replace(tiny().model.unet, ray_channels=0))
+    )
+    assert torch.equal(flat(z, t, text, camera), flat(z, t, text, turned))
 
 
 def test_forward_shapes_and_eps_from_v():
     model = random_model()
     z, t = torch.randn(3, 3, 16, 16), torch.tensor([0, 500, 999])
-    text, cam = model.encode(["a red cube", "blue ball, side view", ""]), torch.zeros(3, 7)
+    text, cam = model.encode(["a red cube", "blue ball, side view", ""]), camera_input(orbit_cameras(3, 16))
     v = model(z, t, text, cam)
     assert v.shape == (3, 3, 16, 16) and torch.isfinite(v).all()
     ab = model.alphas_cumprod[t].view(-1, 1, 1, 1)
@@ -168,7 +207,9 @@ def test_training_steps_reduce_the_loss_on_a_fixed_batch():
     images, captions, labels = sample_batch(8, torch.Generator().manual_seed(0), cfg=world_config(16, 1, 24))
     x0 = images * 2 - 1
     tokens = model.tokenizer.encode(captions)
-    camera = camera_features(labels["elevation"], labels["azimuth"], labels["distance"], labels["focal"])
+    camera = camera_features(
+        labels["elevation"], labels["azimuth"], labels["distance"], labels["focal"], labels["c2w"]
+    )
     gen = torch.Generator().manual_seed(1)
     t = torch.randint(1000, (8,), generator=gen)
     noise = torch.randn(x0.shape, generator=gen)
@@ -227,7 +268,7 @@ def test_ddim_sampler_shape_range_and_determinism(weights):
     assert torch.equal(
         images, sample_prompts(model, ["a red cube", "a green torus, bottom view"], seed=3, steps=4)
     )
-    text, cam = model.encode(["a red cube"]), torch.zeros(1, 7)
+    text, cam = model.encode(["a red cube"]), camera_input(orbit_cameras(1, 16))
     ancestral = ddim_sample(model, text, cam, torch.Generator().manual_seed(0), steps=4, eta=1.0)
     assert torch.isfinite(ancestral).all()
     lit = sample_prompts(
@@ -351,6 +392,16 @@ def test_init_starts_from_given_weights_and_resume_keeps_parameter_layout(tmp_pa
         assert torch.equal(tuned.ema[name], start[name]), name
     fresh = PriorTrainer(tiny_recipe(2), tmp_path / "fresh")
     assert any(not torch.equal(p, fresh.ema[n]) for n, p in tuned.ema.items())
+
+    # Weights of a prior without rays start a prior with rays: their input channels are copied,
+    # the ray channels start at zero, so it begins as the same function.
+    flat_unet = dataclasses.replace(tiny().model.unet, ray_channels=0)
+    flat = dataclasses.replace(tiny_recipe(1), model=dataclasses.replace(tiny().model, unet=flat_unet))
+    flat_weights = PriorTrainer(flat, tmp_path / "flat").train()
+    widened = PriorTrainer(tiny_recipe(2, init=str(flat_weights)), tmp_path / "widened")
+    start = load_prior(flat_weights).state_dict()
+    conv_in = widened.model.unet.conv_in.weight.detach()
+    assert torch.equal(conv_in[:, :3], start["unet.conv_in.weight"]) and not conv_in[:, 3:].any()
 
     # A resumed optimizer's moments take their parameters' strides (channels_last convolutions):
     # CUDA's fused AdamW refuses mixed layouts.

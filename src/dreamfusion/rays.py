@@ -14,20 +14,25 @@ def generate_rays(cameras: Cameras) -> tuple[Tensor, Tensor]:
     Returns origins (B, H, W, 3) and unit directions (B, H, W, 3) in world space. Pixel (0, 0)
     is the top-left of the image; the camera looks along its -z axis (OpenGL).
     """
-    B, H, W = len(cameras), cameras.height, cameras.width
-    device = cameras.c2w.device
+    return pixel_rays(cameras.c2w, cameras.focal, cameras.height, cameras.width)
+
+
+def pixel_rays(c2w: Tensor, focal: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """`generate_rays` from camera-to-world matrices (B, 3 or 4, 4) and focal lengths (B,) in pixels."""
+    H, W = height, width
+    device = c2w.device
     v, u = torch.meshgrid(
         torch.arange(H, device=device, dtype=torch.float32) + 0.5,
         torch.arange(W, device=device, dtype=torch.float32) + 0.5,
         indexing="ij",
     )
-    f = cameras.focal[:, None, None]
+    f = focal[:, None, None]
     x = (u[None] - 0.5 * W) / f
     y = -(v[None] - 0.5 * H) / f
     dirs_cam = torch.stack([x, y, -torch.ones_like(x)], dim=-1)  # (B, H, W, 3)
-    rot = cameras.c2w[:, None, None, :3, :3]
+    rot = c2w[:, None, None, :3, :3]
     directions = torch.nn.functional.normalize((rot @ dirs_cam[..., None])[..., 0], dim=-1)
-    origins = cameras.c2w[:, None, None, :3, 3].expand_as(directions)
+    origins = c2w[:, None, None, :3, 3].expand_as(directions)
     return origins, directions
 
 

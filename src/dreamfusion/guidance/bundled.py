@@ -119,9 +119,9 @@ class BundledGuidance:
         text = embeddings.text.to(device)
         both = TextStates.cat([text[torch.full_like(index, embeddings.uncond_row)], text[index]])  # (2B, ...)
         camera = camera_features(
-            cameras.elevation, cameras.azimuth, cameras.distance, cameras.focal / cameras.width
+            cameras.elevation, cameras.azimuth, cameras.distance, cameras.focal / cameras.width, cameras.c2w
         )
-        camera = torch.cat([camera, camera])  # (2B, 7): the unconditional branch sees the camera too
+        camera = torch.cat([camera, camera])  # (2B, CAMERA_WIDTH): the unconditional branch sees it too
         # The prior was trained knowing each image's shading (or not, 30% of the time). Telling it
         # the render's shading lets an albedo render be judged as a colored object and a
         # textureless one as bare geometry; otherwise "a red sphere" also admits white renders.

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from dreamfusion.prior.text import Tokenizer
-from dreamfusion.prior.unet import camera_features
+from dreamfusion.prior.unet import CAMERA_WIDTH, camera_features
 from dreamfusion.world.config import WorldConfig, world_cameras
 from dreamfusion.world.dataset import sample_batch
 
@@ -66,7 +66,7 @@ class WorldPool:
         res = world.camera.resolution
         self.images = torch.empty(size, 3, res, res, device=device)  # (P, 3, H, W) in [-1, 1]
         self.tokens = torch.empty(size, tokenizer.max_length, dtype=torch.long, device=device)  # (P, L)
-        self.camera = torch.empty(size, 7, device=device)  # (P, 7) camera_features
+        self.camera = torch.empty(size, CAMERA_WIDTH, device=device)  # (P, CAMERA_WIDTH) camera_features
         self.mode = torch.empty(size, dtype=torch.long, device=device)  # (P,) index into SHADING_MODES
 
     def render_block(self, k: int) -> None:
@@ -79,7 +79,7 @@ class WorldPool:
         self.images[rows] = images * 2.0 - 1.0
         self.tokens[rows] = self.tokenizer.encode(captions).to(self.device)
         self.camera[rows] = camera_features(
-            labels["elevation"], labels["azimuth"], labels["distance"], labels["focal"]
+            labels["elevation"], labels["azimuth"], labels["distance"], labels["focal"], labels["c2w"]
         )
         self.mode[rows] = labels["mode"]
 
@@ -96,6 +96,6 @@ class WorldPool:
             self.render_block(step // self.every + self.blocks)
 
     def batch(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Images (B, 3, H, W), token ids (B, L), camera features (B, 7), shading modes (B,) at pool
+        """Images (B, 3, H, W), token ids (B, L), cameras (B, CAMERA_WIDTH), shading modes (B,) at pool
         rows `index` (B,)."""
         return self.images[index], self.tokens[index], self.camera[index], self.mode[index]

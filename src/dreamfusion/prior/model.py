@@ -102,7 +102,7 @@ class PriorModel(nn.Module):
     def forward(
         self, z: Tensor, t: Tensor, text: TextStates, camera: Tensor, mode: Tensor | None = None
     ) -> Tensor:
-        """Raw prediction (noise or v, per cfg.prediction): z (B, 3, H, W), t (B,), camera (B, 7),
+        """Raw prediction (noise or v, per cfg.prediction): z (B, 3, H, W), t (B,), camera (B, CAMERA_WIDTH),
         mode (B,) index into SHADING_MODES (UNKNOWN_MODE or None: any shading)."""
         return self.unet(z, t, text, camera, mode)
 

@@ -98,8 +98,8 @@ class PriorRecipe:
 
 
 def bundled() -> PriorRecipe:
-    """The shipped prior: 64x64, channels 32-64-96-128, attention at 16x16 and 8x8 (middle), ~7M
-    parameters; 9,000 steps of batch 256 on one GPU."""
+    """The shipped prior: 64x64, channels 32-64-96-128, attention at 16x16 and 8x8 (middle), each
+    pixel's ray at the input, ~7M parameters; 9,000 steps of batch 256 on one GPU."""
     unet = UNetConfig(
         image_size=64,
         channels=(32, 64, 96, 128),
@@ -110,6 +110,7 @@ def bundled() -> PriorRecipe:
         text_dim=128,
         groups=16,
         ff_mult=2,
+        ray_channels=6,
     )
     return PriorRecipe(model=PriorConfig(unet=unet), train=PriorTrainConfig(device="cuda"))
 
@@ -126,6 +127,7 @@ def tiny() -> PriorRecipe:
         text_dim=32,
         groups=8,
         ff_mult=2,
+        ray_channels=6,
     )
     model = PriorConfig(unet=unet, text_layers=1, text_heads=2)
     optim = dataclasses.replace(prior_optim(), lr=2e-3, warmup_steps=0)

@@ -40,7 +40,7 @@ def prompt_cameras(
     cfg: CameraConfig | None = None,
     tries: int = 64,
 ) -> Tensor:
-    """Camera features (N, 7) of world cameras, one per prompt, in the view its suffix names.
+    """Camera inputs (N, CAMERA_WIDTH) of world cameras, one per prompt, in the view its suffix names.
 
     Candidates are drawn from `cfg` (default: the world's range) and the first whose world view
     matches is kept; prompts without a suffix take the first candidate.
@@ -55,7 +55,7 @@ def prompt_cameras(
             hits = torch.arange(64) if want is None else torch.nonzero(views == WORLD_VIEWS.index(want))[:, 0]
             if len(hits):
                 c = cams[hits[:1]]
-                out.append(camera_features(c.elevation, c.azimuth, c.distance, c.focal / c.width))
+                out.append(camera_features(c.elevation, c.azimuth, c.distance, c.focal / c.width, c.c2w))
                 break
         else:
             raise ValueError(f"no camera of the range {cfg.elevation_range} gives a {want} view")
@@ -81,7 +81,7 @@ def ddim_sample(
     formulation: CFGFormulation = "uncond",
     mode: str | None = None,
 ) -> Tensor:
-    """Sample N images for N encoded prompts and cameras (N, 7): returns (N, 3, H, W) in [0, 1].
+    """Sample N images for N encoded prompts and cameras (N, CAMERA_WIDTH): returns (N, 3, H, W) in [0, 1].
 
     The predicted clean image is clipped to [-1, 1] at every step and the noise re-derived from
     it, which keeps large guidance scales from drifting out of the data range.

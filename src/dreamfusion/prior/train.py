@@ -77,7 +77,7 @@ def diffusion_loss(
     model: PriorModel,
     x0: torch.Tensor,  # (B, 3, H, W) in [-1, 1]
     tokens: torch.Tensor,  # (B, L) token ids
-    camera: torch.Tensor,  # (B, 7) camera features
+    camera: torch.Tensor,  # (B, CAMERA_WIDTH) camera_features
     mode: torch.Tensor | None,  # (B,) shading mode index, or None (unknown)
     t: torch.Tensor,  # (B,) long
     noise: torch.Tensor,  # (B, 3, H, W)
@@ -170,7 +170,7 @@ class PriorTrainer:
         self.pool.advance(self.step)
         B = tc.batch_size
         rows = torch.randint(self.pool.size, (B,), generator=gen, device=self.device)
-        x0, tokens, camera, mode = self.pool.batch(rows)  # (B, 3, H, W), (B, L), (B, 7), (B,)
+        x0, tokens, camera, mode = self.pool.batch(rows)  # (B, 3, H, W), (B, L), (B, CAMERA_WIDTH), (B,)
         drop = torch.rand(B, generator=gen, device=self.device) < tc.text_dropout
         tokens = torch.where(drop[:, None], self.empty_tokens, tokens)  # CFG: learn the unconditional model
         hide = torch.rand(B, generator=gen, device=self.device) < tc.mode_dropout
@@ -334,7 +334,10 @@ class PriorTrainer:
             start = load_prior(path)
         except PriorFileError as e:
             raise UserError(f"--init: {e}") from None
-        if start.cfg.to_dict() != recipe.model.to_dict():
+        without_rays = dataclasses.replace(recipe.model.unet, ray_channels=start.cfg.unet.ray_channels)
+        if start.cfg.unet.ray_channels not in (0, recipe.model.unet.ray_channels) or (
+            dataclasses.replace(recipe.model, unet=without_rays).to_dict() != start.cfg.to_dict()
+        ):
             raise UserError(
                 f"--init: {path} holds a prior of another architecture than this recipe's; "
                 "start from weights trained with the same --preset"
@@ -342,7 +345,11 @@ class PriorTrainer:
         weights = start.state_dict()
         with torch.no_grad():
             for name, param in self.model.named_parameters():
-                param.copy_(weights[name])
+                source = weights[name].to(param.device)
+                if source.shape == param.shape:
+                    param.copy_(source)
+                else:  # conv_in of a prior without rays: the ray channels start at zero
+                    param.zero_()[:, : source.shape[1]].copy_(source)
 
     def _ema_state(self) -> dict[str, torch.Tensor]:
         return {**self.model.state_dict(), **self.ema}

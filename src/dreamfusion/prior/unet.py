@@ -9,6 +9,13 @@ Why the camera: with distance and focal length both random, the apparent size of
 not pin down its size or proportions (a cube seen closer with a shorter lens looks like a taller
 box). Given the camera, the image distribution of "a cube" has one size, and SDS inherits it.
 
+Why the rays as well (`ray_channels`): those global features alone say where the camera is, but a
+convolution must then learn how the azimuth turns an object in the image, and a prior trained that
+way ignored it: a cube turned 45 degrees, or a house turned 180, scored the same under SDS as the
+true one (benchmarks/prior_truth_sds.py --yaw), so SDS could not settle on one orientation. Given
+each pixel's ray (direction and moment, Pluecker coordinates) as extra input channels, the
+network sees which way every pixel looks in the world, so an axis-aligned face has one place.
+
 Why the shading mode (albedo / lambertian / textureless, or unknown): a third of the world's
 images are textureless (white albedo), as SDS renders them. Told the mode, samples can be asked
 to show their color; SDS, which does not tell the backend its mode, uses "unknown", which the
@@ -25,24 +32,32 @@ from torch import Tensor, nn
 
 from dreamfusion.prior.layers import Attention, FeedForward, timestep_embedding, zero_init
 from dreamfusion.prior.text import TextStates
+from dreamfusion.rays import pixel_rays
 from dreamfusion.shading import SHADING_MODES
 
 CAMERA_FEATURES = 7
+"""Entries of `camera_features` that feed the embedding."""
+CAMERA_WIDTH = CAMERA_FEATURES + 13
+"""Width of the whole camera input: the features, then the camera-to-world matrix's top three rows
+(12) and the focal multiplier, from which `ray_map` builds the rays."""
 UNKNOWN_MODE = len(SHADING_MODES)
 """Mode index meaning "any shading": the model's input when the mode is not given."""
 
 
-def camera_features(elevation: Tensor, azimuth: Tensor, distance: Tensor, focal: Tensor) -> Tensor:
-    """What the U-Net knows of the camera: (B,) each -> (B, 7) float32, entries of order one.
+def camera_features(
+    elevation: Tensor, azimuth: Tensor, distance: Tensor, focal: Tensor, c2w: Tensor
+) -> Tensor:
+    """What the U-Net knows of the camera: (B,) each and c2w (B, 4, 4) -> (B, CAMERA_WIDTH) float32.
 
     elevation, azimuth in degrees (angles as sin/cos: azimuth wraps around); distance from the
     origin; focal as the multiplier lambda = focal_px / width. The log of focal / distance, the
     apparent scale of the object, is given directly. Offsets center the world's ranges
-    (distance 1..1.5, lambda 0.7..1.35).
+    (distance 1..1.5, lambda 0.7..1.35). These seven entries, of order one, feed the embedding; the
+    pose and lambda after them are what `ray_map` needs.
     """
     el, az = torch.deg2rad(elevation.float()), torch.deg2rad(azimuth.float())
     distance, focal = distance.float(), focal.float()
-    return torch.stack(
+    features = torch.stack(
         [
             torch.sin(el),
             torch.cos(el),
@@ -54,6 +69,17 @@ def camera_features(elevation: Tensor, azimuth: Tensor, distance: Tensor, focal:
         ],
         dim=-1,
     )
+    pose = c2w[:, :3, :4].float().reshape(-1, 12).to(features.device)
+    return torch.cat([features, pose, focal[:, None]], dim=-1)
+
+
+def ray_map(camera: Tensor, size: int) -> Tensor:
+    """Each pixel's ray in Pluecker coordinates: camera (B, CAMERA_WIDTH) -> (B, 6, size, size),
+    the unit direction d and the moment o x d (o the camera position)."""
+    c2w = camera[:, CAMERA_FEATURES : CAMERA_FEATURES + 12].reshape(-1, 3, 4).float()
+    origins, directions = pixel_rays(c2w, camera[:, -1].float() * size, size, size)
+    moment = torch.linalg.cross(origins, directions, dim=-1)
+    return torch.cat([directions, moment], dim=-1).permute(0, 3, 1, 2)
 
 
 @dataclass
@@ -80,6 +106,9 @@ class UNetConfig:
     """Hidden width of the attention blocks' feed-forward, as a multiple of the channels."""
     shading_modes: int = len(SHADING_MODES)
     """Shading modes the model can be told (SHADING_MODES order), plus one "unknown"."""
+    ray_channels: int = 0
+    """6: each pixel's ray (`ray_map`) joins the noisy image at the input; 0: the camera enters only
+    through the embedding (the first shipped prior)."""
 
 
 class ResBlock(nn.Module):
@@ -137,20 +166,22 @@ class _Level(nn.Module):
 
 
 class UNet(nn.Module):
-    """eps- or v-prediction network: (z_t (B, 3, H, W), t (B,), text, camera (B, 7), mode (B,) or None)
-    -> (B, 3, H, W)."""
+    """eps- or v-prediction network: (z_t (B, 3, H, W), t (B,), text, camera (B, CAMERA_WIDTH),
+    mode (B,) or None) -> (B, 3, H, W)."""
 
     def __init__(self, cfg: UNetConfig) -> None:
         super().__init__()
         if cfg.image_size % 2 ** (len(cfg.channels) - 1):
             raise ValueError(f"image_size {cfg.image_size} does not halve {len(cfg.channels) - 1} times")
+        if cfg.ray_channels not in (0, 6):
+            raise ValueError(f"ray_channels must be 0 or 6, got {cfg.ray_channels}")
         self.cfg = cfg
         E = cfg.emb_dim
         self.time_mlp = nn.Sequential(nn.Linear(E, E), nn.SiLU(), nn.Linear(E, E))
         self.camera_mlp = nn.Sequential(nn.Linear(CAMERA_FEATURES, E), nn.SiLU(), nn.Linear(E, E))
         self.text_proj = nn.Linear(cfg.text_dim, E)
         self.mode_embed = nn.Embedding(cfg.shading_modes + 1, E)
-        self.conv_in = nn.Conv2d(3, cfg.channels[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(3 + cfg.ray_channels, cfg.channels[0], 3, padding=1)
 
         skips = [cfg.channels[0]]  # channels of every saved skip, in order
         self.down = nn.ModuleList()
@@ -182,18 +213,24 @@ class UNet(nn.Module):
         self.conv_out = zero_init(nn.Conv2d(c, 3, 3, padding=1))
 
     def embedding(self, t: Tensor, text: TextStates, camera: Tensor, mode: Tensor | None = None) -> Tensor:
-        """(B,) timesteps, pooled text (B, D), camera features (B, 7), shading mode (B,) long or
+        """(B,) timesteps, pooled text (B, D), camera (B, CAMERA_WIDTH), shading mode (B,) long or
         None (unknown) -> (B, emb_dim)."""
         if mode is None:
             mode = torch.full_like(t, self.cfg.shading_modes)
         time = self.time_mlp(timestep_embedding(t, self.cfg.emb_dim))
-        cond = self.camera_mlp(camera.float()) + self.mode_embed(mode) + self.text_proj(text.pooled.float())
+        cond = (
+            self.camera_mlp(camera[:, :CAMERA_FEATURES].float())
+            + self.mode_embed(mode)
+            + self.text_proj(text.pooled.float())
+        )
         return time + cond
 
     def forward(
         self, z: Tensor, t: Tensor, text: TextStates, camera: Tensor, mode: Tensor | None = None
     ) -> Tensor:
         emb = self.embedding(t, text, camera, mode)
+        if self.cfg.ray_channels:
+            z = torch.cat([z, ray_map(camera, z.shape[-1]).to(z.dtype)], dim=1)
         h = self.conv_in(z)
         skips = [h]
         for i, level in enumerate(self.down):

@@ -81,7 +81,8 @@ def sample_batch(
       captions: n strings such as "a photo of a red box, front view",
       labels on `device`: "shape" (index into SHAPE_NAMES), "color" (into COLOR_NAMES),
         "view" (into WORLD_VIEWS), "mode" (into SHADING_MODES), all long; and float camera
-        "elevation", "azimuth" (degrees), "distance", "focal" (multiplier lambda = focal / width).
+        "elevation", "azimuth" (degrees), "distance", "focal" (multiplier lambda = focal / width),
+        and "c2w" (n, 4, 4) camera-to-world matrices.
     """
     cfg = cfg or WorldConfig()
     object_names = list(objects) if objects is not None else list(SHAPE_NAMES)
@@ -144,5 +145,6 @@ def sample_batch(
         "azimuth": cameras.azimuth,
         "distance": cameras.distance,
         "focal": cameras.focal / res,
+        "c2w": cameras.c2w,
     }
     return images, captions, {k: v.to(device) for k, v in labels.items()}
