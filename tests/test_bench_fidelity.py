@@ -228,3 +228,38 @@ def test_a_run_that_fails_does_not_stop_the_others(tmp_path, capsys, monkeypatch
         ("a green sphere", False, True),
         ("a blue sphere", False, False),
     ]
+
+
+def test_reports_made_in_parts_merge_into_one(tmp_path, capsys):
+    """Seed 0 in one folder, seed 1 in another (as on two machines): `bench merge` reports both runs,
+    with the seed spread across the parts, each part's command, and the contact sheet of all."""
+    if not PRIOR_PATH.is_file():
+        pytest.skip(f"the bundled prior's weights are not installed ({PRIOR_PATH})")
+    at = TINY.index("--seeds")
+    base = TINY[:at] + TINY[at + 4 :]  # without "--seeds 0 --limit 2"
+    for seed in (0, 1):
+        argv = ["bench", "fidelity", *base, "--seeds", str(seed), "--limit", "1"]
+        assert main([*argv, "--out", str(tmp_path / f"s{seed}")]) == 0
+    parts = [_report(tmp_path / f"s{seed}") for seed in (0, 1)]
+    out = tmp_path / "merged"
+    assert main(["bench", "merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(out)]) == 0
+    merged = _report(out)
+    assert merged["runs_done"] == 2 and [r["seed"] for r in merged["runs"]] == [0, 1]
+    assert merged["prompt_set"]["seeds"] == [0, 1]
+    assert [p["command"] for p in merged["parts"]] == [p["command"] for p in parts]
+    (spread,) = merged["seed_spread"]
+    ious = [p["runs"][0]["iou"] for p in parts]
+    assert spread["ious"] == ious and spread["iou_range"] == pytest.approx(max(ious) - min(ious))
+    assert merged["summary"]["mean_seed_iou_range"] == pytest.approx(max(ious) - min(ious))
+    md = (out / "fidelity.md").read_text()
+    assert all(p["command"] in md for p in parts)
+    assert Image.open(out / "contact_sheet.png").height == 18 + 2 * 40
+
+    # The same part twice, or a folder without a report: one line, exit 2, nothing written.
+    capsys.readouterr()
+    again = tmp_path / "again"
+    assert main(["bench", "merge", str(tmp_path / "s0"), str(tmp_path / "s0"), "--out", str(again)]) == 2
+    assert main(["bench", "merge", str(tmp_path / "s0"), str(tmp_path), "--out", str(again)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "seed 0 is in two reports" in err[0] and "fidelity.json" in err[1]
+    assert not again.exists()

@@ -364,9 +364,18 @@ def test_sample_batch_shapes_labels_and_captions():
     assert images.shape == (12, 3, 16, 16) and images.dtype == torch.float32
     assert images.min() >= 0 and images.max() <= 1
     assert len(captions) == 12
-    assert set(labels) == {"shape", "color", "view", "mode", "elevation", "azimuth", "distance", "focal"}
-    for key, value in labels.items():
-        assert value.shape == (12,), key
+    columns = {"shape", "color", "view", "mode", "elevation", "azimuth", "distance", "focal"}
+    assert set(labels) == columns | {"c2w"}
+    for key in columns:
+        assert labels[key].shape == (12,), key
+    # The camera-to-world matrices put each camera at its elevation, azimuth and distance.
+    position = labels["c2w"][:, :3, 3]
+    assert labels["c2w"].shape == (12, 4, 4)
+    assert torch.allclose(position.norm(dim=-1), labels["distance"], atol=1e-5)
+    azimuth = torch.rad2deg(torch.atan2(position[:, 1], position[:, 0]))
+    assert torch.allclose(
+        torch.remainder(azimuth - labels["azimuth"] + 180, 360) - 180, torch.zeros(12), atol=1e-3
+    )
     for i, text in enumerate(captions):
         assert text.endswith(f", {WORLD_VIEWS[int(labels['view'][i])]} view")
         assert COLOR_NAMES[int(labels["color"][i])] in text.split()

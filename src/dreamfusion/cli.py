@@ -16,6 +16,7 @@
     dreamfusion prior sample PROMPT [-n 16] [--out grid.png] [--model PATH] [--steps 50] [--guidance-scale S]
     dreamfusion bench fidelity [--out DIR] [--preset NAME] [--only OBJECT ...] [--seeds N ...] [--limit N]
                                [--steps N] [--checkpoint-every N] [--guidance NAME] [--device cpu|cuda]
+    dreamfusion bench merge DIR DIR ... --out DIR
 
 The common flags are plain argparse; every other config field (`--optim.lr 1e-3`,
 `--camera.resolution 96`, ...) is parsed by tyro against the chosen preset, whose dataclass
@@ -28,6 +29,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -35,7 +37,9 @@ from dreamfusion.errors import UserError
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dreamfusion", description="Text-to-3D with score distillation sampling.")
+    parser = argparse.ArgumentParser(
+        prog="dreamfusion", description="Text-to-3D with score distillation sampling."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser(
@@ -44,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Turn a sentence into a 3D field. Any config field can be set too, e.g. --optim.lr 1e-3; "
         "list them with `dreamfusion config --preset NAME --help`.",
     )
-    gen.add_argument("prompt", help="what to make, e.g. \"a ceramic mug\"")
+    gen.add_argument("prompt", help='what to make, e.g. "a ceramic mug"')
     gen.add_argument("--out", type=Path, default=None, help="run folder (default: outputs/<prompt>)")
     gen.add_argument(
         "--preset",
@@ -56,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance", default=None, help="guidance backend (default: the preset's)")
     gen.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
     gen.add_argument("--model", default=None, help="hub id or local folder of the guidance model's weights")
-    gen.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    gen.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.add_argument("--no-mesh", action="store_true", help="do not export RUN/mesh.glb at the end")
     gen.add_argument("--no-video", action="store_true", help="do not render RUN/turntable.mp4 at the end")
@@ -95,18 +101,37 @@ def _bench_parser(sub) -> None:
     fid.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the set's)")
     fid.add_argument("--limit", type=int, default=None, help="at most N runs (seed by seed)")
     fid.add_argument("--steps", type=int, default=None, help="optimization steps (default: the preset's)")
-    fid.add_argument("--checkpoint-every", type=int, default=None,
-                     help="checkpoint (and time-to-quality point) every N steps (default: the preset's)")
+    fid.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help="checkpoint (and time-to-quality point) every N steps (default: the preset's)",
+    )
     fid.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
     fid.add_argument("--resolution", type=int, default=64, help="grid of the IoUs, per axis (default 64)")
     fid.add_argument("--frame-size", type=int, default=96, help="contact-sheet frame side (default 96)")
     fid.add_argument("--no-mesh", action="store_true", help="skip the mesh and its Chamfer distance")
-    fid.add_argument("--keep-checkpoints", action="store_true",
-                     help="keep every checkpoint of a scored run (default: only the newest)")
+    fid.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep every checkpoint of a scored run (default: only the newest)",
+    )
     fid.add_argument(
         "--jobs", type=int, default=1, help="runs trained at once, each in its own process (default 1)"
     )
     fid.add_argument("--quiet", action="store_true", help="no progress bars")
+    merge = which.add_parser(
+        "merge",
+        help="one report from benchmark outputs made in parts (other seeds, objects or machines)",
+        description="Read DIR/fidelity.json of each part and write OUT/fidelity.json, OUT/fidelity.md "
+        "and OUT/contact_sheet.png (unless --no-sheet) over all their runs: targets, seed spread and "
+        "time to quality recomputed, each part's command, commit and machine listed.",
+    )
+    merge.add_argument("parts", type=Path, nargs="+", metavar="DIR", help="benchmark output folders")
+    merge.add_argument("--out", type=Path, required=True, help="folder of the merged report")
+    merge.add_argument(
+        "--no-sheet", action="store_true", help="no contact sheet (the parts' frame images are gone)"
+    )
 
 
 def _asset_parsers(sub) -> None:
@@ -124,8 +149,12 @@ def _asset_parsers(sub) -> None:
     exp.add_argument("--texture-size", type=int, default=1024, help="texture side; 0 = vertex colors (1024)")
     exp.add_argument("--level", default="auto", help="density iso-level, or auto (default: auto)")
     exp.add_argument("--faces", type=int, default=50000, help="decimate to this many faces; 0: keep all")
-    exp.add_argument("--keep-fraction", type=float, default=0.05,
-                     help="drop parts with fewer faces than this fraction of the largest (default 0.05)")
+    exp.add_argument(
+        "--keep-fraction",
+        type=float,
+        default=0.05,
+        help="drop parts with fewer faces than this fraction of the largest (default 0.05)",
+    )
     exp.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
 
     ren = sub.add_parser("render", help="render a turntable video of a run")
@@ -137,8 +166,11 @@ def _asset_parsers(sub) -> None:
     ren.add_argument("--size", type=int, default=256, help="width and height, 16-2048 (default 256)")
     ren.add_argument("--distance", type=float, default=1.3, help="camera distance (default 1.3)")
     ren.add_argument("--fps", type=int, default=30, help="frames per second (default 30)")
-    ren.add_argument("--light", default="camera",
-                     help="camera[:AZ,EL] turns with the camera (30,30); world:AZ,EL[,DIST] stays put")
+    ren.add_argument(
+        "--light",
+        default="camera",
+        help="camera[:AZ,EL] turns with the camera (30,30); world:AZ,EL[,DIST] stays put",
+    )
     ren.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
 
     view = sub.add_parser("view", help="serve a web viewer of a run (mesh and field renders)")
@@ -176,8 +208,15 @@ def _generate(args: argparse.Namespace, extra: list[str]) -> int:
     if args.model is not None:
         cfg = dataclasses.replace(cfg, guidance=dataclasses.replace(cfg.guidance, model=args.model))
     result = generate(
-        args.prompt, out=args.out, resume=args.resume, config=cfg, progress=not args.quiet,
-        export_mesh=not args.no_mesh, turntable=not args.no_video, view=args.view, view_port=args.port,
+        args.prompt,
+        out=args.out,
+        resume=args.resume,
+        config=cfg,
+        progress=not args.quiet,
+        export_mesh=not args.no_mesh,
+        turntable=not args.no_video,
+        view=args.view,
+        view_port=args.port,
     )
     print(f"run folder:  {result.run_dir}")
     print(f"checkpoint:  {result.checkpoint}")
@@ -233,8 +272,15 @@ def _render(args: argparse.Namespace, extra: list[str]) -> int:
     from dreamfusion.turntable import VIDEO_SUFFIXES, TurntableOptions, parse_light, validate, write_turntable
 
     _no_extra(extra)
-    options = TurntableOptions(frames=args.frames, size=args.size, mode=args.mode, elevation=args.elevation,
-                               distance=args.distance, light=parse_light(args.light), fps=args.fps)
+    options = TurntableOptions(
+        frames=args.frames,
+        size=args.size,
+        mode=args.mode,
+        elevation=args.elevation,
+        distance=args.distance,
+        light=parse_light(args.light),
+        fps=args.fps,
+    )
     validate(options)
     video = args.video or (find_checkpoint(args.run).parent.parent / f"turntable_{args.mode}.mp4")
     check_output(video, VIDEO_SUFFIXES)
@@ -248,8 +294,15 @@ def _view(args: argparse.Namespace, extra: list[str]) -> int:
     from dreamfusion.viewer import serve_run
 
     _no_extra(extra)
-    serve_run(args.run, host=args.host, port=args.port, mesh=args.mesh, resolution=args.resolution,
-              device=_device(args.device), show=args.show)
+    serve_run(
+        args.run,
+        host=args.host,
+        port=args.port,
+        mesh=args.mesh,
+        resolution=args.resolution,
+        device=_device(args.device),
+        show=args.show,
+    )
     return 0
 
 
@@ -267,6 +320,8 @@ def _device(name: str):
 
 
 def _bench(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.bench == "merge":
+        return _bench_merge(args, extra)
     import torch
 
     from dreamfusion.api import resolve_config
@@ -296,12 +351,45 @@ def _bench(args: argparse.Namespace, extra: list[str]) -> int:
         jobs=args.jobs,
     )
     report = run_benchmark(options, log=lambda line: print(line, flush=True))
-    print(f"report:      {args.out / 'fidelity.md'} ({report['runs_done']} runs)")
+    _print_targets(report, args.out)
+    return 0
+
+
+def _bench_merge(args: argparse.Namespace, extra: list[str]) -> int:
+    from dreamfusion.eval.bench_report import merge_reports, write_report
+
+    _no_extra(extra)
+    parts = []
+    for folder in args.parts:
+        path = folder / "fidelity.json"
+        try:
+            parts.append((folder, json.loads(path.read_text())))
+        except (OSError, ValueError) as e:
+            raise UserError(
+                f"cannot read {path} ({e}); give folders written by `dreamfusion bench fidelity`"
+            ) from None
+    try:
+        report = merge_reports(parts, args.out)
+    except (KeyError, ValueError) as e:
+        raise UserError(f"cannot merge: {e}") from None
+    frames = [Path(os.path.normpath(args.out.absolute() / r["frames"])) for r in report["runs"]]
+    missing = [] if args.no_sheet else [path for path in frames if not path.is_file()]
+    if missing:
+        raise UserError(
+            f"frame image {missing[0]} is missing ({len(missing)} in all); keep the parts' runs/ "
+            "folders, or pass --no-sheet"
+        )
+    write_report(report, args.out, sheet=not args.no_sheet)
+    _print_targets(report, args.out)
+    return 0
+
+
+def _print_targets(report: dict, out: Path) -> None:
+    print(f"report:      {out / 'fidelity.md'} ({report['runs_done']} runs)")
     for target in report["summary"]["targets"]:
         met = {True: "met", False: "NOT met", None: "-"}[target["met"]]
         value = f"{target['value']:.3f}" if isinstance(target["value"], float) else target["value"]
         print(f"target:      {target['target']}: {value if value is not None else '-'} ({met})")
-    return 0
 
 
 def _prior(args: argparse.Namespace, extra: list[str]) -> int:

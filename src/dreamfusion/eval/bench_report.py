@@ -4,6 +4,7 @@ and a contact sheet (turntable views of each result beside the same views of its
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,59 @@ def build_report(options, prompt_set, records: list[dict], total: int) -> dict:
     }
 
 
+MERGE_KEYS = ("prompt_set", "preset", "guidance", "steps", "checkpoint_every", "resolution", "mesh")
+"""What the parts of a merged report must share."""
+
+
+def merge_reports(parts: list[tuple[Path, dict]], out: Path) -> dict:
+    """Reports of one prompt set made in parts (other seeds, other objects, other machines) as one
+    report to be written to `out`: every run, every summary recomputed over all of them, and each
+    part's command, commit and machine under "parts". `parts` pairs each report with its folder;
+    the runs' frame paths are made relative to `out`, so the contact sheet finds them.
+    Raises ValueError when the parts differ in MERGE_KEYS or share a run."""
+    if not parts:
+        raise ValueError("no reports to merge")
+    first = parts[0][1]
+    runs, seen = [], set()
+    for folder, report in parts:
+        for key in MERGE_KEYS:
+            a, b = report[key], first[key]
+            if key == "prompt_set":
+                a, b = (a["name"], a["version"]), (b["name"], b["version"])
+            if a != b:
+                raise ValueError(f"{folder}: its {key} ({a}) is not the first report's ({b})")
+        for r in report["runs"]:
+            if (r["prompt"], r["seed"]) in seen:
+                raise ValueError(f"{folder}: '{r['prompt']}' seed {r['seed']} is in two reports")
+            seen.add((r["prompt"], r["seed"]))
+            frames = os.path.relpath(Path(folder).resolve() / r["frames"], Path(out).resolve())
+            runs.append({**r, "frames": frames})
+    seeds = sorted({s for _, report in parts for s in report["prompt_set"]["seeds"]})
+    part_info = [
+        {
+            key: report[key]
+            for key in ("command", "commit", "machine", "device", "jobs", "runs_done", "runs_total")
+        }
+        for _, report in parts
+    ]
+    merged = {
+        **{k: v for k, v in first.items() if k not in ("runs", "summary", "seed_spread", "time_to_quality")},
+        "prompt_set": {**first["prompt_set"], "seeds": seeds},
+        "command": " + ".join(p["command"] for p in part_info),
+        "commit": ", ".join(dict.fromkeys(p["commit"] for p in part_info)),
+        "jobs": max(p["jobs"] for p in part_info),
+        "runs_done": len(runs),
+        "runs_total": sum(p["runs_total"] for p in part_info),
+        "complete": all(report["complete"] for _, report in parts),
+        "parts": part_info,
+        "summary": summarize(runs),
+        "seed_spread": seed_spread(runs),
+        "time_to_quality": time_to_quality(runs),
+        "runs": runs,
+    }
+    return merged
+
+
 # ---------------------------------------------------------------------------------- markdown
 def cell(value, digits: int = 3) -> str:
     """A table cell: "-" for None, yes/no for booleans, floats to `digits` places."""
@@ -191,7 +245,7 @@ def front_cell(r: dict) -> str:
     return text + (", two fronts" if r["two_fronts"] else "")
 
 
-def markdown(report: dict) -> str:
+def markdown(report: dict, sheet: bool = True) -> str:
     """The report as markdown: provenance, targets, one row per run, seeds, time to quality."""
     s, m, ps = report["summary"], report["machine"], report["prompt_set"]
     machine = ", ".join(str(m[k]) for k in ("gpu", "platform") if k in m)
@@ -210,6 +264,14 @@ def markdown(report: dict) -> str:
             if report.get("jobs", 1) > 1
             else ""
         ),
+    ]
+    for part in report.get("parts", []):
+        pm = part["machine"]
+        lines.append(
+            f"- part: `{part['command']}` (commit {part['commit']}, {pm.get('gpu', pm['platform'])}, "
+            f"{part['runs_done']} runs)"
+        )
+    lines += [
         "",
         "## Targets",
         "",
@@ -282,7 +344,10 @@ def markdown(report: dict) -> str:
             f"{cell(p['primitives_mean_iou'])} |"
         )
     views = ", ".join(VIEWS)
-    lines += ["", f"Contact sheet ({views}: result, then truth): ![contact sheet](contact_sheet.png)"]
+    if sheet:
+        lines += ["", f"Contact sheet ({views}: result, then truth): ![contact sheet](contact_sheet.png)"]
+    else:
+        lines += ["", "No contact sheet here: each part's folder has its own."]
     return "\n".join(lines) + "\n"
 
 
@@ -350,11 +415,12 @@ def contact_sheet(report: dict, out: Path) -> Path:
     return path
 
 
-def write_report(report: dict, out: Path) -> None:
-    """OUT/fidelity.json, OUT/fidelity.md and OUT/contact_sheet.png."""
+def write_report(report: dict, out: Path, sheet: bool = True) -> None:
+    """OUT/fidelity.json, OUT/fidelity.md and (with `sheet`) OUT/contact_sheet.png."""
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(report, indent=1, allow_nan=False)
     atomic_write(out / "fidelity.json", lambda tmp: tmp.write_text(text + "\n"))
-    md = markdown(report)
+    md = markdown(report, sheet)
     atomic_write(out / "fidelity.md", lambda tmp: tmp.write_text(md))
-    contact_sheet(report, out)
+    if sheet:
+        contact_sheet(report, out)

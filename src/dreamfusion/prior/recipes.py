@@ -98,8 +98,8 @@ class PriorRecipe:
 
 
 def bundled() -> PriorRecipe:
-    """The shipped prior: 64x64, channels 32-64-96-128, attention at 16x16 and 8x8 (middle), each
-    pixel's ray at the input, ~7M parameters; 9,000 steps of batch 256 on one GPU."""
+    """The shipped prior: 64x64, channels 32-64-96-128, attention at 16x16 and 8x8 (middle), ~7M
+    parameters; 9,000 steps of batch 256 on one GPU."""
     unet = UNetConfig(
         image_size=64,
         channels=(32, 64, 96, 128),
@@ -110,13 +110,13 @@ def bundled() -> PriorRecipe:
         text_dim=128,
         groups=16,
         ff_mult=2,
-        ray_channels=6,
     )
     return PriorRecipe(model=PriorConfig(unet=unet), train=PriorTrainConfig(device="cuda"))
 
 
 def tiny() -> PriorRecipe:
-    """A 16x16 toy (~0.1M parameters) that trains a few steps on a CPU in seconds: tests, smoke runs."""
+    """A 16x16 toy (~0.1M parameters) that trains a few steps on a CPU in seconds: tests, smoke runs.
+    It takes each pixel's ray at the input, so the tests run that path too."""
     unet = UNetConfig(
         image_size=16,
         channels=(16, 32),

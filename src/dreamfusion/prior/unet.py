@@ -9,12 +9,12 @@ Why the camera: with distance and focal length both random, the apparent size of
 not pin down its size or proportions (a cube seen closer with a shorter lens looks like a taller
 box). Given the camera, the image distribution of "a cube" has one size, and SDS inherits it.
 
-Why the rays as well (`ray_channels`): those global features alone say where the camera is, but a
-convolution must then learn how the azimuth turns an object in the image, and a prior trained that
-way ignored it: a cube turned 45 degrees, or a house turned 180, scored the same under SDS as the
-true one (benchmarks/prior_truth_sds.py --yaw), so SDS could not settle on one orientation. Given
-each pixel's ray (direction and moment, Pluecker coordinates) as extra input channels, the
-network sees which way every pixel looks in the world, so an axis-aligned face has one place.
+Optionally each pixel's ray as well (`ray_channels = 6`: direction and moment, Pluecker coordinates,
+as extra input channels), so the network sees which way every pixel looks in the world. Measured
+(docs/prior.md, "Which way does the prior think an object faces?"): the shipped prior ignores the
+azimuth (a cube turned 45 degrees scores as the true one under SDS), and neither a fine-tune with
+rays nor half a run from scratch with them made it use the azimuth much; the shipped weights and
+the `bundled` recipe stay without rays.
 
 Why the shading mode (albedo / lambertian / textureless, or unknown): a third of the world's
 images are textureless (white albedo), as SDS renders them. Told the mode, samples can be asked
