@@ -20,7 +20,7 @@ import torch
 
 from dreamfusion.cameras import orbit_cameras
 from dreamfusion.prior.model import file_sha256, load_prior
-from dreamfusion.prior.unet import camera_features
+from dreamfusion.prior.unet import camera_input
 from dreamfusion.provenance import git_commit, machine_info
 from dreamfusion.weights import PRIOR_PATH
 
@@ -33,8 +33,7 @@ TURNS = {
 
 
 def camera(azimuth: float, elevation: float, size: int) -> torch.Tensor:
-    c = orbit_cameras(1, size, elevation=elevation, distance=1.3, azimuth_start=azimuth)
-    return camera_features(c.elevation, c.azimuth, c.distance, c.focal / c.width, c.c2w)
+    return camera_input(orbit_cameras(1, size, elevation=elevation, distance=1.3, azimuth_start=azimuth))
 
 
 def main() -> None:

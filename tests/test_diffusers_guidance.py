@@ -75,6 +75,22 @@ def _build(cfg):
     return GUIDANCE_BACKENDS[cfg.guidance.name](cfg, torch.device("cpu"))
 
 
+def _sds_by_hand(guidance, latents, embeddings, prompt_index, cameras):
+    """The SDS of latents through guidance's own model and settings, with the tests' draw (seed 2)."""
+    generator = torch.Generator().manual_seed(2)
+    return guided_sds(
+        guidance.model,
+        latents,
+        embeddings,
+        prompt_index,
+        cameras,
+        generator,
+        0.0,
+        guidance.cfg,
+        guidance.sds_cfg,
+    )
+
+
 def _cameras(azimuth, elevation):
     cams = sample_cameras(len(azimuth), CameraConfig(resolution=SIZE), torch.Generator().manual_seed(0))
     return dataclasses.replace(
@@ -203,17 +219,7 @@ def test_sds_gradient_reaches_the_render_through_the_vae_encoder(tmp_path, sd_fo
 
     # Chain rule: the render's gradient is the encoder's vector-Jacobian product of the latent's.
     detached = latents.detach().requires_grad_(True)
-    again = guided_sds(
-        guidance.model,
-        detached,
-        embeddings,
-        prompt_index,
-        cameras,
-        torch.Generator().manual_seed(2),
-        0.0,
-        guidance.cfg,
-        guidance.sds_cfg,
-    )
+    again = _sds_by_hand(guidance, detached, embeddings, prompt_index, cameras)
     again.loss.backward()
     (expected,) = torch.autograd.grad(guidance.encode_images(images), images, grad_outputs=detached.grad)
     torch.testing.assert_close(images.grad, expected, rtol=1e-4, atol=1e-6)
@@ -510,17 +516,7 @@ def test_latent_sds_scores_the_render_as_the_latent_without_the_vae(tmp_path, sd
     out.loss.backward()
     assert torch.isfinite(out.loss) and render.grad.shape == render.shape and render.grad.abs().sum() > 0
     z = torch.nn.functional.interpolate(render.detach(), size=(8, 8), mode="bilinear", align_corners=False)
-    by_hand = guided_sds(
-        guidance.model,
-        z * 2.0 - 1.0,
-        embeddings,
-        prompt_index,
-        cameras,
-        torch.Generator().manual_seed(2),
-        0.0,
-        guidance.cfg,
-        guidance.sds_cfg,
-    )
+    by_hand = _sds_by_hand(guidance, z * 2.0 - 1.0, embeddings, prompt_index, cameras)
     torch.testing.assert_close(out.loss, by_hand.loss)
     with pytest.raises(ValueError, match=r"latents must be \(B, 4, H, W\)"):
         guidance.sds_loss_latent(render[:, :3], embeddings, prompt_index, cameras, torch.Generator(), 0.0)

@@ -21,7 +21,7 @@ from dreamfusion.prior.recipes import tiny
 from dreamfusion.prior.sample import ddim_sample, ddim_timesteps, prompt_cameras, sample_prompts
 from dreamfusion.prior.text import PAD, START
 from dreamfusion.prior.train import PriorTrainer, build_optimizer, diffusion_loss
-from dreamfusion.prior.unet import CAMERA_FEATURES, CAMERA_WIDTH, camera_features, ray_map
+from dreamfusion.prior.unet import CAMERA_FEATURES, CAMERA_WIDTH, camera_features, camera_input, ray_map
 from dreamfusion.prompts import view_prompts
 
 
@@ -51,11 +51,6 @@ def weights(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("prior") / "prior.safetensors"
     save_prior(random_model(), path)
     return path
-
-
-def camera_input(cams) -> torch.Tensor:
-    """The U-Net's camera input (B, CAMERA_WIDTH) for `Cameras`."""
-    return camera_features(cams.elevation, cams.azimuth, cams.distance, cams.focal / cams.width, cams.c2w)
 
 
 def tiny_recipe(steps: int, **train):

@@ -372,8 +372,8 @@ def _bench_merge(args: argparse.Namespace, extra: list[str]) -> int:
         report = merge_reports(parts, args.out)
     except (KeyError, ValueError) as e:
         raise UserError(f"cannot merge: {e}") from None
-    frames = [Path(os.path.normpath(args.out.absolute() / r["frames"])) for r in report["runs"]]
-    missing = [] if args.no_sheet else [path for path in frames if not path.is_file()]
+    frames = [] if args.no_sheet else [args.out.absolute() / r["frames"] for r in report["runs"]]
+    missing = [path for path in map(os.path.normpath, frames) if not Path(path).is_file()]
     if missing:
         raise UserError(
             f"frame image {missing[0]} is missing ({len(missing)} in all); keep the parts' runs/ "

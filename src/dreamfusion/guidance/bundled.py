@@ -31,7 +31,7 @@ from dreamfusion.guidance.base import SDSOutput
 from dreamfusion.guidance.unet_sds import annealed_t_range
 from dreamfusion.prior.model import PriorModel, expected_sha256, load_prior, sha256_sidecar
 from dreamfusion.prior.text import TextStates
-from dreamfusion.prior.unet import camera_features
+from dreamfusion.prior.unet import camera_input
 from dreamfusion.shading import SHADING_MODES
 from dreamfusion.weights import PRIOR_PATH
 
@@ -118,9 +118,7 @@ class BundledGuidance:
         index = prompt_index.to(device)
         text = embeddings.text.to(device)
         both = TextStates.cat([text[torch.full_like(index, embeddings.uncond_row)], text[index]])  # (2B, ...)
-        camera = camera_features(
-            cameras.elevation, cameras.azimuth, cameras.distance, cameras.focal / cameras.width, cameras.c2w
-        )
+        camera = camera_input(cameras)
         camera = torch.cat([camera, camera])  # (2B, CAMERA_WIDTH): the unconditional branch sees it too
         # The prior was trained knowing each image's shading (or not, 30% of the time). Telling it
         # the render's shading lets an albedo render be judged as a colored object and a

@@ -18,7 +18,7 @@ from dreamfusion.cameras import sample_cameras
 from dreamfusion.config import CameraConfig
 from dreamfusion.prior.model import PriorModel
 from dreamfusion.prior.text import TextStates
-from dreamfusion.prior.unet import camera_features
+from dreamfusion.prior.unet import camera_input
 from dreamfusion.run_dir import save_image_grid
 from dreamfusion.sds import CFGFormulation, guided_eps
 from dreamfusion.shading import SHADING_MODES
@@ -55,7 +55,7 @@ def prompt_cameras(
             hits = torch.arange(64) if want is None else torch.nonzero(views == WORLD_VIEWS.index(want))[:, 0]
             if len(hits):
                 c = cams[hits[:1]]
-                out.append(camera_features(c.elevation, c.azimuth, c.distance, c.focal / c.width, c.c2w))
+                out.append(camera_input(c))
                 break
         else:
             raise ValueError(f"no camera of the range {cfg.elevation_range} gives a {want} view")

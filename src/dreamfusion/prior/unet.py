@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dreamfusion.cameras import Cameras
 from dreamfusion.prior.layers import Attention, FeedForward, timestep_embedding, zero_init
 from dreamfusion.prior.text import TextStates
 from dreamfusion.rays import pixel_rays
@@ -71,6 +72,12 @@ def camera_features(
     )
     pose = c2w[:, :3, :4].float().reshape(-1, 12).to(features.device)
     return torch.cat([features, pose, focal[:, None]], dim=-1)
+
+
+def camera_input(cameras: Cameras) -> Tensor:
+    """`camera_features` of `Cameras`: (B, CAMERA_WIDTH)."""
+    c = cameras
+    return camera_features(c.elevation, c.azimuth, c.distance, c.focal / c.width, c.c2w)
 
 
 def ray_map(camera: Tensor, size: int) -> Tensor:
