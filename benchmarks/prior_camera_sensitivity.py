@@ -66,6 +66,7 @@ def main() -> None:
         "model": str(args.model),
         "model_sha256": file_sha256(args.model),
         "ray_channels": model.cfg.unet.ray_channels,
+        "camera_text_width": model.cfg.unet.camera_text_width,
         "prompt": args.prompt,
         "timesteps": args.timesteps,
         "relative_change": rows,

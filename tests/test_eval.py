@@ -29,6 +29,7 @@ from dreamfusion.eval.geometry import (
     identify_shape,
     iou,
     occupancy_grid,
+    opaque_occupancy,
     truth_grid,
 )
 from dreamfusion.eval.surface import chamfer_distance, nearest_color, surface_color, surface_points
@@ -142,6 +143,26 @@ def test_identify_shape_picks_the_cube_for_a_cube_field_and_none_for_an_empty_on
     name, _ = identify_shape(density, 0.8, aligned=True, candidates=["cube", "sphere", "cylinder"])
     assert name == "cube"
     assert identify_shape(torch.zeros(32, 32, 32), 0.8)[0] == "none"
+
+
+def test_opaque_occupancy_fills_a_noisy_plateau_and_keeps_a_see_through_hole_empty():
+    """A cube whose hidden inside flickers around the render level: cell-by-cell thresholding
+    keeps about half of it, the opaque rule (hidden at half transmittance from all six axis
+    directions) all of it but a thin rind. A torus's hole, open along z, stays empty; so does
+    fog too thin to dim a ray by half."""
+    R, bound = 32, 0.8
+    truth = truth_grid("cube", R, bound)
+    noise = torch.rand(R, R, R, generator=torch.Generator().manual_seed(0))
+    density = truth.float() * DENSITY_LEVEL * (0.5 + noise)  # half the cells below the level
+    assert iou(density > DENSITY_LEVEL, truth) < 0.6
+    opaque = opaque_occupancy(density, bound)
+    assert iou(opaque, truth) > 0.8 and not (opaque & ~truth).any()
+
+    torus = truth_grid("torus", R, bound)
+    opaque = opaque_occupancy(torus.float() * 100 * DENSITY_LEVEL, bound)
+    assert iou(opaque, torus) > 0.7 and not opaque[R // 2 - 2 : R // 2 + 2, R // 2 - 2 : R // 2 + 2].any()
+    fog = torch.full((R, R, R), 0.2 * math.log(2.0) / (2 * bound))  # optical depth 0.2 ln 2 edge to edge
+    assert not opaque_occupancy(fog, bound).any()
 
 
 # --- Surface points, color, Chamfer ---

@@ -21,7 +21,15 @@ from dreamfusion.prior.recipes import tiny
 from dreamfusion.prior.sample import ddim_sample, ddim_timesteps, prompt_cameras, sample_prompts
 from dreamfusion.prior.text import PAD, START
 from dreamfusion.prior.train import PriorTrainer, build_optimizer, diffusion_loss
-from dreamfusion.prior.unet import CAMERA_FEATURES, CAMERA_WIDTH, camera_features, camera_input, ray_map
+from dreamfusion.prior.unet import (
+    AZIMUTH_HARMONICS,
+    CAMERA_FEATURES,
+    CAMERA_WIDTH,
+    azimuth_harmonics,
+    camera_features,
+    camera_input,
+    ray_map,
+)
 from dreamfusion.prompts import view_prompts
 
 
@@ -110,9 +118,49 @@ def test_rays_tell_the_model_the_azimuth_the_features_do_not_carry():
     text = model.encode(["a red cube", "a red cube"])
     assert not torch.allclose(model(z, t, text, camera), model(z, t, text, turned))
     flat = PriorModel(
-        dataclasses.replace(tiny().model, unet=dataclasses.replace(tiny().model.unet, ray_channels=0))
+        dataclasses.replace(
+            tiny().model, unet=dataclasses.replace(tiny().model.unet, ray_channels=0, camera_text_width=0)
+        )
     )
     assert torch.equal(flat(z, t, text, camera), flat(z, t, text, turned))
+
+
+def test_azimuth_harmonics_by_hand():
+    cams = orbit_cameras(3, 16, azimuth_start=30.0)  # azimuths 30, 150, -90
+    h = azimuth_harmonics(camera_input(cams))
+    az = torch.deg2rad(torch.tensor([30.0, 150.0, -90.0]))
+    k = torch.arange(2, AZIMUTH_HARMONICS + 1)
+    expected = torch.cat([torch.sin(az[:, None] * k), torch.cos(az[:, None] * k)], dim=-1)
+    assert h.shape == (3, 2 * (AZIMUTH_HARMONICS - 1))
+    assert torch.allclose(h, expected, atol=1e-5)
+    assert abs(float(h[0, 1]) - 1.0) < 1e-5  # sin(3 * 30 degrees)
+    assert abs(float(h[2, 5]) - 1.0) < 1e-5  # cos(4 * -90 degrees): a cube looks the same
+
+
+def test_camera_text_mlp_lets_a_turn_mean_something_per_object():
+    """Without the camera-text MLP the embedding is a camera term plus a text term, so turning the
+    camera shifts it by the same vector whatever the prompt; with it (output layer trained away
+    from zero) the shift depends on the object."""
+    cams, turned = orbit_cameras(1, 16), orbit_cameras(1, 16, azimuth_start=45.0)
+    t = torch.tensor([500])
+
+    def shifts(model: PriorModel) -> list[torch.Tensor]:
+        out = []
+        for prompt in ("a red cube", "a red sphere"):
+            text = model.encode([prompt])
+            e0 = model.unet.embedding(t, text, camera_input(cams))
+            out.append(model.unet.embedding(t, text, camera_input(turned)) - e0)
+        return out
+
+    flat_unet = dataclasses.replace(tiny().model.unet, camera_text_width=0)
+    cube, sphere = shifts(PriorModel(dataclasses.replace(tiny().model, unet=flat_unet)))
+    assert cube.abs().max() > 1e-4 and torch.allclose(cube, sphere, atol=1e-6)
+    torch.manual_seed(0)
+    model = PriorModel(tiny().model)
+    cube, sphere = shifts(model)
+    assert torch.allclose(cube, sphere, atol=1e-6)  # its output layer starts at zero
+    cube, sphere = shifts(random_model())
+    assert (cube - sphere).abs().max() > 1e-3
 
 
 def test_forward_shapes_and_eps_from_v():
@@ -390,13 +438,20 @@ def test_init_starts_from_given_weights_and_resume_keeps_parameter_layout(tmp_pa
 
     # Weights of a prior without rays start a prior with rays: their input channels are copied,
     # the ray channels start at zero, so it begins as the same function.
-    flat_unet = dataclasses.replace(tiny().model.unet, ray_channels=0)
+    # The camera-text MLP is new too and its output starts at zero.
+    flat_unet = dataclasses.replace(tiny().model.unet, ray_channels=0, camera_text_width=0)
     flat = dataclasses.replace(tiny_recipe(1), model=dataclasses.replace(tiny().model, unet=flat_unet))
     flat_weights = PriorTrainer(flat, tmp_path / "flat").train()
     widened = PriorTrainer(tiny_recipe(2, init=str(flat_weights)), tmp_path / "widened")
-    start = load_prior(flat_weights).state_dict()
+    start = load_prior(flat_weights)
     conv_in = widened.model.unet.conv_in.weight.detach()
-    assert torch.equal(conv_in[:, :3], start["unet.conv_in.weight"]) and not conv_in[:, 3:].any()
+    assert torch.equal(conv_in[:, :3], start.state_dict()["unet.conv_in.weight"]) and not conv_in[:, 3:].any()
+    cams = orbit_cameras(2, 16, elevation=20.0, azimuth_start=30.0)
+    z, t = torch.randn(2, 3, 16, 16), torch.tensor([100, 700])
+    with torch.no_grad():
+        before = start(z, t, start.encode(["a red cube"] * 2), camera_input(cams))
+        after = widened.model(z, t, widened.model.encode(["a red cube"] * 2), camera_input(cams))
+    assert torch.allclose(before, after, atol=1e-5)
 
     # A resumed optimizer's moments take their parameters' strides (channels_last convolutions):
     # CUDA's fused AdamW refuses mixed layouts.
@@ -411,6 +466,27 @@ def test_init_starts_from_given_weights_and_resume_keeps_parameter_layout(tmp_pa
     missing = str(tmp_path / "none")
     assert main(["prior", "train", "--preset", "tiny", "--out", str(out), "--init", missing]) != 0
     assert main(["prior", "train", "--preset", "tiny", "--out", str(out), "--lr", "-1", "--quiet"]) != 0
+    backwards = ["--timesteps", "0.8", "0.2", "--quiet"]
+    assert main(["prior", "train", "--preset", "tiny", "--out", str(out), *backwards]) != 0
+    assert not (out / "checkpoints").exists()
+
+
+def test_timestep_range_bounds_the_drawn_timesteps(tmp_path):
+    """timestep_range (0.9, 1.0) trains on t in [900, 1000) only; a backwards range is one error."""
+    trainer = PriorTrainer(tiny_recipe(3, timestep_range=(0.9, 1.0)), tmp_path / "hi")
+    seen = []
+    model = trainer.forward
+
+    def record(z, t, *rest):
+        seen.append(t.clone())
+        return model(z, t, *rest)
+
+    trainer.forward = record
+    trainer.train()
+    drawn = torch.cat(seen)
+    assert len(seen) == 3 and drawn.min() >= 900 and drawn.max() < 1000
+    with pytest.raises(UserError, match="timestep_range"):
+        PriorTrainer(tiny_recipe(3, timestep_range=(0.8, 0.2)), tmp_path / "bad")
 
 
 def test_cli_objects_weights_the_draw_and_rejects_unknown_names(tmp_path, capsys):

@@ -44,6 +44,7 @@ def _group(records: list[dict]) -> dict:
         "mean_scaled_iou": _mean(r["scaled_iou"] for r in records),
         "mean_initial_iou": _mean(r["initial_iou"] for r in records),
         "mean_support_iou": _mean(r.get("support_iou") for r in records),
+        "mean_opaque_iou": _mean(r.get("opaque_iou") for r in records),
         "support_shape_correct": sum(r.get("support_identified") == r["object"] for r in records),
         "mean_chamfer": _mean(r.get("chamfer") for r in records),
         "mean_color_error": _mean(r["color_error"] for r in records),
@@ -284,20 +285,23 @@ def markdown(report: dict, sheet: bool = True) -> str:
     lines += [
         "",
         "| runs | n | mean IoU | min IoU | mean scaled IoU | mean initial IoU | mean support IoU | "
-        "shape right at support level | mean Chamfer | mean color error |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "mean opaque IoU | shape right at support level | mean Chamfer | mean color error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, g in groups:
         lines.append(
             f"| {name} | {g['runs']} | {cell(g['mean_iou'])} | {cell(g['min_iou'])} | "
             f"{cell(g['mean_scaled_iou'])} | {cell(g['mean_initial_iou'])} | {cell(g['mean_support_iou'])} | "
-            f"{g['support_shape_correct']}/{g['runs']} | {cell(g['mean_chamfer'], 4)} | "
+            f"{cell(g.get('mean_opaque_iou'))} | {g['support_shape_correct']}/{g['runs']} | "
+            f"{cell(g['mean_chamfer'], 4)} | "
             f"{cell(g['mean_color_error'])} |"
         )
     lines += [
         "",
         "IoU is at the render level (where renders put the surface: the export's transmittance rule); "
-        "support IoU at half the field's plateau density (its geometric extent; docs/evaluation.md).",
+        "support IoU at half the field's plateau density (its geometric extent); opaque IoU of the cells "
+        "hidden at half transmittance from all six axis directions (the solid renders show; "
+        "docs/evaluation.md).",
     ]
     lines += [
         "",
@@ -308,8 +312,9 @@ def markdown(report: dict, sheet: bool = True) -> str:
         "## Runs",
         "",
         "| prompt | seed | IoU | scaled IoU (scale, shift) | initial IoU | support IoU (identified) | "
+        "opaque IoU | "
         "identified | albedo -> nearest color | color error | Chamfer | front | steps | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["runs"]:
         shape = r["identified"] + ("" if r["shape_correct"] else " (WRONG)")
@@ -317,7 +322,9 @@ def markdown(report: dict, sheet: bool = True) -> str:
         lines.append(
             f"| {r['prompt']} | {r['seed']} | {cell(r['iou'])} | {cell(r['scaled_iou'])} "
             f"({r['scale']:.2f}, {r['shift']:+.2f}) | {cell(r['initial_iou'])} | "
-            f"{cell(r.get('support_iou'))} ({r.get('support_identified', '-')}) | {shape} | {color} | "
+            f"{cell(r.get('support_iou'))} ({r.get('support_identified', '-')}) | "
+            f"{cell(r.get('opaque_iou'))} | "
+            f"{shape} | {color} | "
             f"{cell(r['color_error'])} | {cell(r.get('chamfer'), 4)} | {front_cell(r)} | {r['steps']} | "
             f"{cell(r['train_seconds'], 1)} |"
         )

@@ -14,6 +14,7 @@ from dreamfusion.eval.geometry import (
     density_grid,
     identify_shape,
     iou,
+    opaque_occupancy,
     support_level,
     truth_grid,
 )
@@ -86,6 +87,7 @@ def evaluate_field(
         "support_scaled_iou": support_alignment.iou,
         "support_scale": support_alignment.scale,
         "support_identified": support_identified,
+        "opaque_iou": iou(opaque_occupancy(density, bound), truth),
         "volume": float(occupied.sum()) * cell,
         "true_volume": PRIMITIVE_VOLUMES.get(object_name, float(truth.sum()) * cell),
         "identified": identified,
@@ -192,6 +194,7 @@ def quality_curve(run_dir: Path, object_name: str, device: str, resolution: int,
                 "iou": iou(density > level, truth),
                 "scaled_iou": aligned_iou(density, bound, object_name, level).iou,
                 "support_iou": iou(density > support_level(density), truth),
+                "opaque_iou": iou(opaque_occupancy(density, bound), truth),
                 "level": level,
             }
         )
@@ -202,6 +205,7 @@ def quality_curve(run_dir: Path, object_name: str, device: str, resolution: int,
             "iou": final["iou"],
             "scaled_iou": final["scaled_iou"],
             "support_iou": final.get("support_iou"),
+            "opaque_iou": final.get("opaque_iou"),
             "level": final.get("level"),
         }
     )

@@ -54,6 +54,24 @@ def support_level(density: Tensor) -> float:
     return 0.5 * float(torch.quantile(body, 0.9))
 
 
+def opaque_occupancy(density: Tensor, bound: float) -> Tensor:
+    """(R, R, R) bool: the cells that light from outside the grid reaches less than half
+    transmitted, from each of the six axis directions (optical depth >= ln 2 to every face).
+
+    This is the solid that renders show: the same half-transmittance rule as the render level,
+    integrated along rays rather than applied cell by cell, so an opaque body whose hidden inside
+    is a noisy plateau around the level still counts as full, while a hole open along an axis
+    (a torus seen from above) stays empty.
+    """
+    tau = density.float().clamp_min(0.0) * (2.0 * bound / density.shape[0])  # optical depth per cell
+    depth = torch.full_like(tau, math.inf)
+    for dim in range(3):
+        upto = torch.cumsum(tau, dim) - 0.5 * tau  # from the low face to the cell center
+        total = tau.sum(dim, keepdim=True)
+        depth = torch.minimum(depth, torch.minimum(upto, total - upto))
+    return depth >= math.log(2.0)
+
+
 COARSE_SCALES = tuple(float(s) for s in torch.logspace(math.log10(0.6), math.log10(1.6), 15))
 """Scales tried by the alignment search before refining (geometric, 0.6 to 1.6, about 7% apart)."""
 

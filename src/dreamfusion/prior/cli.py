@@ -1,7 +1,9 @@
 """`dreamfusion prior train` and `dreamfusion prior sample`: argparse only here; work is imported lazily.
 
-dreamfusion prior train --out DIR [--preset tiny|bundled] [--steps N] [--batch-size N]
-                        [--device cuda] [--seed N] [--resume] [--max-minutes M] [--compile]
+dreamfusion prior train --out DIR [--preset tiny|bundled|bundled-camera-text] [--steps N]
+                        [--batch-size N] [--device cuda] [--seed N] [--init FILE] [--lr LR]
+                        [--objects ...] [--timesteps LO HI] [--resume] [--max-minutes M]
+                        [--fit-minutes M] [--compile]
 dreamfusion prior sample PROMPT [-n 16] [--out grid.png] [--model PATH] [--steps 50]
                          [--guidance-scale 3] [--eta 0] [--seed N] [--device cpu]
 """
@@ -26,7 +28,9 @@ def add_parsers(sub) -> None:
         "--out", type=Path, required=True, help="run folder (checkpoints, metrics, prior.safetensors)"
     )
     train.add_argument(
-        "--preset", default="bundled", help="tiny | bundled (default: bundled; ignored with --resume)"
+        "--preset",
+        default="bundled",
+        help="tiny | bundled | bundled-camera-text (default: bundled; ignored with --resume)",
     )
     train.add_argument(
         "--steps", type=int, default=None, help="total optimizer steps (default: the preset's)"
@@ -50,6 +54,15 @@ def add_parsers(sub) -> None:
         help="objects to render training images of; a name given k times is drawn k times as often "
         "(e.g. --objects cube cube sphere ... to fine-tune a weak shape); fresh runs only "
         "(default: the preset's)",
+    )
+    train.add_argument(
+        "--timesteps",
+        nargs=2,
+        type=float,
+        default=None,
+        metavar=("LO", "HI"),
+        help="train on t drawn from this fraction of the timesteps only, e.g. 0.6 1.0 for the noisy "
+        "end where the camera matters most; fresh runs only (default: 0 1)",
     )
     train.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
@@ -131,6 +144,9 @@ def _train(args: argparse.Namespace) -> int:
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "device": args.device, "seed": args.seed}
     overrides["init"] = str(args.init) if args.init is not None else None
     overrides["objects"] = tuple(args.objects) if args.objects is not None else None
+    if args.timesteps is not None and args.resume:
+        raise UserError("--timesteps sets what a fresh run trains on; a resumed run keeps its own (drop one)")
+    overrides["timestep_range"] = tuple(args.timesteps) if args.timesteps is not None else None
     for name, value in overrides.items():
         if value is not None and name in ("steps", "batch_size") and value <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive (got {value})")

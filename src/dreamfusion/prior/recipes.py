@@ -44,6 +44,9 @@ class PriorTrainConfig:
     model of classifier-free guidance."""
     mode_dropout: float = 0.3
     """Share of images whose shading mode is withheld ("unknown"): the input SDS gives."""
+    timestep_range: tuple[float, float] = (0.0, 1.0)
+    """Fraction of the timesteps t is drawn from, uniformly. (0.6, 1.0) trains only the noisy end,
+    where the camera matters most: the image no longer shows which way the object faces."""
     ema_decay: float = 0.999
     """Decay of the exponential moving average of the weights (the EMA weights are the ones saved)."""
     pool_size: int = 8192
@@ -114,9 +117,18 @@ def bundled() -> PriorRecipe:
     return PriorRecipe(model=PriorConfig(unet=unet), train=PriorTrainConfig(device="cuda"))
 
 
+def bundled_camera_text() -> PriorRecipe:
+    """`bundled` plus the camera-text MLP (`UNetConfig.camera_text_width` 256, about 0.17M more
+    parameters): the experiment of docs/prior.md that taught the prior the azimuth. Start it from
+    the shipped weights with --init; the new MLP starts at zero, so it begins as the shipped prior."""
+    recipe = bundled()
+    unet = dataclasses.replace(recipe.model.unet, camera_text_width=256)
+    return dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, unet=unet))
+
+
 def tiny() -> PriorRecipe:
     """A 16x16 toy (~0.1M parameters) that trains a few steps on a CPU in seconds: tests, smoke runs.
-    It takes each pixel's ray at the input, so the tests run that path too."""
+    It takes each pixel's ray at the input and has the camera-text MLP, so the tests run those paths too."""
     unet = UNetConfig(
         image_size=16,
         channels=(16, 32),
@@ -128,6 +140,7 @@ def tiny() -> PriorRecipe:
         groups=8,
         ff_mult=2,
         ray_channels=6,
+        camera_text_width=32,
     )
     model = PriorConfig(unet=unet, text_layers=1, text_heads=2)
     optim = dataclasses.replace(prior_optim(), lr=2e-3, warmup_steps=0)
@@ -150,7 +163,7 @@ def tiny() -> PriorRecipe:
     return PriorRecipe(model=model, train=train)
 
 
-PRIOR_PRESETS = {"tiny": tiny, "bundled": bundled}
+PRIOR_PRESETS = {"tiny": tiny, "bundled": bundled, "bundled-camera-text": bundled_camera_text}
 
 
 def recipe_to_dict(recipe: PriorRecipe) -> dict[str, Any]:

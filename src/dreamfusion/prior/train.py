@@ -119,6 +119,8 @@ class PriorTrainer:
         tc = recipe.train
         if tc.steps <= 0 or tc.batch_size <= 0:
             raise UserError(f"steps and batch size must be positive (got {tc.steps}, {tc.batch_size})")
+        if not 0.0 <= tc.timestep_range[0] < tc.timestep_range[1] <= 1.0:
+            raise UserError(f"timestep_range must satisfy 0 <= lo < hi <= 1 (got {tc.timestep_range})")
         self.recipe, self.cfg = recipe, tc
         self.device = resolve_device(tc.device)
         self.run = RunDir(Path(out))
@@ -175,7 +177,10 @@ class PriorTrainer:
         tokens = torch.where(drop[:, None], self.empty_tokens, tokens)  # CFG: learn the unconditional model
         hide = torch.rand(B, generator=gen, device=self.device) < tc.mode_dropout
         mode = torch.where(hide, UNKNOWN_MODE, mode)  # learn "any shading", the input SDS gives
-        t = torch.randint(model.cfg.num_train_timesteps, (B,), generator=gen, device=self.device)
+        T, (lo, hi) = model.cfg.num_train_timesteps, tc.timestep_range
+        t = torch.randint(
+            round(lo * T), max(round(hi * T), round(lo * T) + 1), (B,), generator=gen, device=self.device
+        )
         noise = torch.randn(x0.shape, generator=gen, device=self.device)
         with self._autocast():
             loss = diffusion_loss(model, x0, tokens, camera, mode, t, noise, self.forward, tc.channels_last)
@@ -334,9 +339,13 @@ class PriorTrainer:
             start = load_prior(path)
         except PriorFileError as e:
             raise UserError(f"--init: {e}") from None
-        without_rays = dataclasses.replace(recipe.model.unet, ray_channels=start.cfg.unet.ray_channels)
-        if start.cfg.unet.ray_channels not in (0, recipe.model.unet.ray_channels) or (
-            dataclasses.replace(recipe.model, unet=without_rays).to_dict() != start.cfg.to_dict()
+        grown = {"ray_channels", "camera_text_width"}  # inputs a recipe may add to trained weights
+        mine, theirs = recipe.model.unet, start.cfg.unet
+        same_rest = dataclasses.replace(
+            recipe.model, unet=dataclasses.replace(mine, **{k: getattr(theirs, k) for k in grown})
+        )
+        if any(getattr(theirs, k) not in (0, getattr(mine, k)) for k in grown) or (
+            same_rest.to_dict() != start.cfg.to_dict()
         ):
             raise UserError(
                 f"--init: {path} holds a prior of another architecture than this recipe's; "
@@ -345,6 +354,8 @@ class PriorTrainer:
         weights = start.state_dict()
         with torch.no_grad():
             for name, param in self.model.named_parameters():
+                if name not in weights:  # a module the start lacks keeps its (zero-output) init
+                    continue
                 source = weights[name].to(param.device)
                 if source.shape == param.shape:
                     param.copy_(source)

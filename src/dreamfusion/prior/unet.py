@@ -116,6 +116,46 @@ class UNetConfig:
     ray_channels: int = 0
     """6: each pixel's ray (`ray_map`) joins the noisy image at the input; 0: the camera enters only
     through the embedding (the first shipped prior)."""
+    camera_text_width: int = 0
+    """Hidden width of `CameraTextMLP`, whose output joins the embedding (0: none, the first
+    shipped prior). It lets the camera's effect depend on the object: the camera MLP alone sees no
+    text, and the sum of the two embeddings barely mixes them."""
+
+
+AZIMUTH_HARMONICS = 4
+"""Harmonics of the azimuth given to `CameraTextMLP`: a cube or a pyramid looks the same every 90
+degrees (harmonic 4), a house every 360 (harmonic 1)."""
+
+
+def azimuth_harmonics(camera: Tensor) -> Tensor:
+    """sin and cos of k * azimuth for k = 2..AZIMUTH_HARMONICS (k = 1 is in the features):
+    camera (B, CAMERA_WIDTH) -> (B, 2 * (AZIMUTH_HARMONICS - 1))."""
+    azimuth = torch.atan2(camera[:, 2].float(), camera[:, 3].float())
+    k = torch.arange(2, AZIMUTH_HARMONICS + 1, device=camera.device, dtype=torch.float32)
+    angles = azimuth[:, None] * k
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+class CameraTextMLP(nn.Module):
+    """The camera (features and azimuth harmonics) and the pooled text, through one MLP: an
+    embedding term that can say "a cube seen 45 degrees off a face" rather than a camera term plus
+    a text term. Its output layer starts at zero, so adding it to trained weights changes nothing."""
+
+    def __init__(self, text_dim: int, width: int, emb_dim: int) -> None:
+        super().__init__()
+        inputs = CAMERA_FEATURES + 2 * (AZIMUTH_HARMONICS - 1) + text_dim
+        self.net = nn.Sequential(
+            nn.Linear(inputs, width),
+            nn.SiLU(),
+            nn.Linear(width, width),
+            nn.SiLU(),
+            zero_init(nn.Linear(width, emb_dim)),
+        )
+
+    def forward(self, camera: Tensor, pooled: Tensor) -> Tensor:
+        """camera (B, CAMERA_WIDTH), pooled text (B, text_dim) -> (B, emb_dim)."""
+        features = camera[:, :CAMERA_FEATURES].float()
+        return self.net(torch.cat([features, azimuth_harmonics(camera), pooled.float()], dim=-1))
 
 
 class ResBlock(nn.Module):
@@ -188,6 +228,8 @@ class UNet(nn.Module):
         self.camera_mlp = nn.Sequential(nn.Linear(CAMERA_FEATURES, E), nn.SiLU(), nn.Linear(E, E))
         self.text_proj = nn.Linear(cfg.text_dim, E)
         self.mode_embed = nn.Embedding(cfg.shading_modes + 1, E)
+        if cfg.camera_text_width:
+            self.camera_text = CameraTextMLP(cfg.text_dim, cfg.camera_text_width, E)
         self.conv_in = nn.Conv2d(3 + cfg.ray_channels, cfg.channels[0], 3, padding=1)
 
         skips = [cfg.channels[0]]  # channels of every saved skip, in order
@@ -230,6 +272,8 @@ class UNet(nn.Module):
             + self.mode_embed(mode)
             + self.text_proj(text.pooled.float())
         )
+        if self.cfg.camera_text_width:
+            cond = cond + self.camera_text(camera, text.pooled)
         return time + cond
 
     def forward(
