@@ -472,7 +472,8 @@ def test_init_starts_from_given_weights_and_resume_keeps_parameter_layout(tmp_pa
 
 
 def test_timestep_range_bounds_the_drawn_timesteps(tmp_path):
-    """timestep_range (0.9, 1.0) trains on t in [900, 1000) only; a backwards range is one error."""
+    """timestep_range (0.9, 1.0) trains on t in [900, 1000) only, or on a share of each batch;
+    a backwards range or a share outside [0, 1] is one error."""
     trainer = PriorTrainer(tiny_recipe(3, timestep_range=(0.9, 1.0)), tmp_path / "hi")
     seen = []
     model = trainer.forward
@@ -487,6 +488,14 @@ def test_timestep_range_bounds_the_drawn_timesteps(tmp_path):
     assert len(seen) == 3 and drawn.min() >= 900 and drawn.max() < 1000
     with pytest.raises(UserError, match="timestep_range"):
         PriorTrainer(tiny_recipe(3, timestep_range=(0.8, 0.2)), tmp_path / "bad")
+    # A share of 0.5: about half of a large batch in [900, 1000), the rest anywhere.
+    half = PriorTrainer(
+        tiny_recipe(1, timestep_range=(0.9, 1.0), timestep_range_share=0.5), tmp_path / "half"
+    )
+    t = half._timesteps(4000)
+    assert 0.5 < float((t >= 900).float().mean()) < 0.6 and int(t.min()) < 100
+    with pytest.raises(UserError, match="share"):
+        PriorTrainer(tiny_recipe(3, timestep_range_share=1.5), tmp_path / "bad")
 
 
 def test_cli_objects_weights_the_draw_and_rejects_unknown_names(tmp_path, capsys):

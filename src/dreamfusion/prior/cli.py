@@ -2,7 +2,7 @@
 
 dreamfusion prior train --out DIR [--preset tiny|bundled|bundled-camera-text] [--steps N]
                         [--batch-size N] [--device cuda] [--seed N] [--init FILE] [--lr LR]
-                        [--objects ...] [--timesteps LO HI] [--resume] [--max-minutes M]
+                        [--objects ...] [--timesteps LO HI] [--timesteps-share S] [--resume] [--max-minutes M]
                         [--fit-minutes M] [--compile]
 dreamfusion prior sample PROMPT [-n 16] [--out grid.png] [--model PATH] [--steps 50]
                          [--guidance-scale 3] [--eta 0] [--seed N] [--device cpu]
@@ -61,8 +61,15 @@ def add_parsers(sub) -> None:
         type=float,
         default=None,
         metavar=("LO", "HI"),
-        help="train on t drawn from this fraction of the timesteps only, e.g. 0.6 1.0 for the noisy "
-        "end where the camera matters most; fresh runs only (default: 0 1)",
+        help="draw t from this fraction of the timesteps, e.g. 0.6 1.0 for the noisy end where the "
+        "camera matters most; fresh runs only (default: 0 1)",
+    )
+    train.add_argument(
+        "--timesteps-share",
+        type=float,
+        default=None,
+        metavar="S",
+        help="share of each batch drawn from --timesteps; the rest from all timesteps (default 1)",
     )
     train.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
@@ -144,9 +151,10 @@ def _train(args: argparse.Namespace) -> int:
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "device": args.device, "seed": args.seed}
     overrides["init"] = str(args.init) if args.init is not None else None
     overrides["objects"] = tuple(args.objects) if args.objects is not None else None
-    if args.timesteps is not None and args.resume:
+    if (args.timesteps is not None or args.timesteps_share is not None) and args.resume:
         raise UserError("--timesteps sets what a fresh run trains on; a resumed run keeps its own (drop one)")
     overrides["timestep_range"] = tuple(args.timesteps) if args.timesteps is not None else None
+    overrides["timestep_range_share"] = args.timesteps_share
     for name, value in overrides.items():
         if value is not None and name in ("steps", "batch_size") and value <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive (got {value})")

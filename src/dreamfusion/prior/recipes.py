@@ -45,8 +45,12 @@ class PriorTrainConfig:
     mode_dropout: float = 0.3
     """Share of images whose shading mode is withheld ("unknown"): the input SDS gives."""
     timestep_range: tuple[float, float] = (0.0, 1.0)
-    """Fraction of the timesteps t is drawn from, uniformly. (0.6, 1.0) trains only the noisy end,
-    where the camera matters most: the image no longer shows which way the object faces."""
+    """Fraction of the timesteps t is drawn from, uniformly, for a timestep_range_share of each
+    batch. (0.6, 1.0) trains the noisy end, where the camera matters most: the image no longer
+    shows which way the object faces (docs/prior.md)."""
+    timestep_range_share: float = 1.0
+    """Share of each batch whose t comes from timestep_range; the rest is drawn from all timesteps
+    (below 1, a fine-tune on the noisy end keeps the low-noise end it would otherwise forget)."""
     ema_decay: float = 0.999
     """Decay of the exponential moving average of the weights (the EMA weights are the ones saved)."""
     pool_size: int = 8192

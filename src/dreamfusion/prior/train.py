@@ -121,6 +121,8 @@ class PriorTrainer:
             raise UserError(f"steps and batch size must be positive (got {tc.steps}, {tc.batch_size})")
         if not 0.0 <= tc.timestep_range[0] < tc.timestep_range[1] <= 1.0:
             raise UserError(f"timestep_range must satisfy 0 <= lo < hi <= 1 (got {tc.timestep_range})")
+        if not 0.0 <= tc.timestep_range_share <= 1.0:
+            raise UserError(f"timestep_range_share must be in [0, 1] (got {tc.timestep_range_share})")
         self.recipe, self.cfg = recipe, tc
         self.device = resolve_device(tc.device)
         self.run = RunDir(Path(out))
@@ -167,6 +169,17 @@ class PriorTrainer:
             return contextlib.nullcontext()
         return torch.autocast("cuda", dtype=torch.bfloat16)
 
+    def _timesteps(self, B: int) -> torch.Tensor:
+        """(B,) long: a timestep_range_share of the batch from timestep_range, the rest from all of [0, T)."""
+        T, (lo, hi), gen = self.model.cfg.num_train_timesteps, self.cfg.timestep_range, self.gen
+        low, high = round(lo * T), max(round(hi * T), round(lo * T) + 1)
+        ranged = torch.randint(low, high, (B,), generator=gen, device=self.device)
+        if self.cfg.timestep_range_share >= 1.0:  # draws as runs made before the share existed
+            return ranged
+        anywhere = torch.randint(T, (B,), generator=gen, device=self.device)
+        share = torch.rand(B, generator=gen, device=self.device) < self.cfg.timestep_range_share
+        return torch.where(share, ranged, anywhere)
+
     def train_step(self, stats: StepStats) -> None:
         tc, model, gen = self.cfg, self.model, self.gen
         self.pool.advance(self.step)
@@ -177,10 +190,7 @@ class PriorTrainer:
         tokens = torch.where(drop[:, None], self.empty_tokens, tokens)  # CFG: learn the unconditional model
         hide = torch.rand(B, generator=gen, device=self.device) < tc.mode_dropout
         mode = torch.where(hide, UNKNOWN_MODE, mode)  # learn "any shading", the input SDS gives
-        T, (lo, hi) = model.cfg.num_train_timesteps, tc.timestep_range
-        t = torch.randint(
-            round(lo * T), max(round(hi * T), round(lo * T) + 1), (B,), generator=gen, device=self.device
-        )
+        t = self._timesteps(B)
         noise = torch.randn(x0.shape, generator=gen, device=self.device)
         with self._autocast():
             loss = diffusion_loss(model, x0, tokens, camera, mode, t, noise, self.forward, tc.channels_last)

@@ -16,6 +16,11 @@ azimuth (a cube turned 45 degrees scores as the true one under SDS), and neither
 rays nor half a run from scratch with them made it use the azimuth much; the shipped weights and
 the `bundled` recipe stay without rays.
 
+Optionally a camera-text MLP (`camera_text_width > 0`, `CameraTextMLP`): camera features, azimuth
+harmonics and pooled text through one MLP into the embedding. Together with training at high noise
+(`prior train --timesteps 0.6 1.0`) it taught a fine-tune of the shipped prior the azimuth; the
+`bundled-camera-text` preset is that architecture.
+
 Why the shading mode (albedo / lambertian / textureless, or unknown): a third of the world's
 images are textureless (white albedo), as SDS renders them. Told the mode, samples can be asked
 to show their color; SDS, which does not tell the backend its mode, uses "unknown", which the
