@@ -14,7 +14,8 @@ def tiny_config(steps: int = 6, **train):
         render=dataclasses.replace(cfg.render, samples_per_ray=12),
         shading=dataclasses.replace(cfg.shading, albedo_warmup_steps=2),
         train=dataclasses.replace(
-            cfg.train, **{"steps": steps, "progress": False, "preview_every": 0, "preview_resolution": 16, **train}
+            cfg.train,
+            **{"steps": steps, "progress": False, "preview_every": 0, "preview_resolution": 16, **train},
         ),
     )
 

@@ -43,7 +43,8 @@ def test_short_cpu_run_pulls_the_field_toward_the_target_sphere(tmp_path):
         trainer.train_step()
     color_after, silhouette_after = error()
     print(
-        f"color error {color_before:.3f} -> {color_after:.3f}, silhouette {silhouette_before:.3f} -> {silhouette_after:.3f}"
+        f"color error {color_before:.3f} -> {color_after:.3f}, "
+        f"silhouette {silhouette_before:.3f} -> {silhouette_after:.3f}"
     )
 
     # Measured on the 2-core CPU: color error 0.314 -> 0.033, silhouette mismatch 0.473 -> 0.006.

@@ -132,7 +132,8 @@ class RunDir:
             ]
             if changed:
                 raise UserError(
-                    f"cannot resume {self.path}: these settings differ from the saved run: {', '.join(changed)}"
+                    f"cannot resume {self.path}: these settings differ from the saved run: "
+                    f"{', '.join(changed)}"
                 )
         elif _holds_run(self.path):
             if self.config_file.is_file() and self.read_config().get("prompt") == prompt:
