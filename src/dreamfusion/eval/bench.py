@@ -359,7 +359,7 @@ def _step_of(checkpoint: Path) -> int:
 def score_run(run: BenchRun, options: BenchOptions, run_dir: Path) -> dict:
     """evaluate_run, the time-to-quality curve and the contact-sheet frames of one trained run,
     read back from RUN/SCORE_FILE when it already scored this checkpoint with these settings."""
-    from dreamfusion.eval.bench_report import render_row, row_size
+    from dreamfusion.eval.contact_sheet import render_row, row_size
 
     latest = RunDir(run_dir).latest_checkpoint()
     key = {
