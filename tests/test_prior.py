@@ -16,6 +16,7 @@ from dreamfusion.checkpoint import list_checkpoints, load_checkpoint
 from dreamfusion.config import SDSConfig
 from dreamfusion.errors import UserError
 from dreamfusion.guidance.bundled import BundledGuidance, load_bundled
+from dreamfusion.prior.experts import Experts
 from dreamfusion.prior.model import PriorFileError, PriorModel, load_prior, save_prior, sha256_sidecar
 from dreamfusion.prior.recipes import tiny
 from dreamfusion.prior.sample import ddim_sample, ddim_timesteps, prompt_cameras, sample_prompts
@@ -161,6 +162,28 @@ def test_camera_text_mlp_lets_a_turn_mean_something_per_object():
     assert torch.allclose(cube, sphere, atol=1e-6)  # its output layer starts at zero
     cube, sphere = shifts(random_model())
     assert (cube - sphere).abs().max() > 1e-3
+
+
+def test_experts_route_each_row_to_the_prior_of_its_timestep():
+    """Rows with t below the cut get the low prior's noise prediction exactly, the others the high
+    one's, each from its own text encoder; priors with other schedules are refused."""
+    low, high = random_model(0), random_model(1)
+    experts = Experts(low, high, cut=500)
+    prompts = ["a red cube", "blue ball, side view", "a red cube", ""]
+    z, t = torch.randn(4, 3, 16, 16), torch.tensor([10, 499, 500, 999])
+    cam = camera_input(orbit_cameras(4, 16))
+    with torch.no_grad():
+        got = experts.eps(z, t, experts.encode(prompts), cam)
+        want_low = low.eps(z, t, low.encode(prompts), cam)
+        want_high = high.eps(z, t, high.encode(prompts), cam)
+    assert torch.allclose(got[:2], want_low[:2], atol=1e-5)  # batches of 2 and 4: rounding only
+    assert torch.allclose(got[2:], want_high[2:], atol=1e-5)
+    assert not torch.allclose(want_low[2:], want_high[2:], atol=1e-3)
+    images = sample_prompts(experts, ["a red cube"], seed=0, steps=2, guidance_scale=3.0)
+    assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
+    other = PriorModel(dataclasses.replace(tiny().model, schedule="linear"))
+    with pytest.raises(ValueError, match="schedule"):
+        Experts(low, other, cut=500)
 
 
 def test_forward_shapes_and_eps_from_v():

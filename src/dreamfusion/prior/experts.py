@@ -1,0 +1,54 @@
+"""Two priors as experts by noise level (as in eDiff-I): one denoises below a timestep, the other
+from it up. benchmarks/prior_experts.py measures whether a prior fine-tuned at high noise
+(docs/results/azimuth_finetune_h200) keeps the shipped prior's samples when it only takes the
+noisy end. `Experts` has the interface samplers and `BundledGuidance` use: encode, eps,
+alphas_cumprod, cfg, device, image_size.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from dreamfusion.prior.model import PriorModel
+from dreamfusion.prior.text import TextStates
+
+
+class Experts(nn.Module):
+    """`low` denoises t < cut, `high` t >= cut. Each keeps its own text encoder: the text states of
+    both sit side by side along the feature axis, so samplers and SDS pass them around as one."""
+
+    def __init__(self, low: PriorModel, high: PriorModel, cut: int) -> None:
+        super().__init__()
+        if low.cfg.schedule != high.cfg.schedule or low.cfg.prediction != high.cfg.prediction:
+            raise ValueError("the two priors must share their noise schedule and prediction")
+        self.low, self.high, self.cut = low, high, cut
+        self.cfg, self.tokenizer, self.width = low.cfg, low.tokenizer, low.cfg.unet.text_dim
+        self.register_buffer("alphas_cumprod", low.alphas_cumprod.clone(), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.low.device
+
+    @property
+    def image_size(self) -> int:
+        return self.low.image_size
+
+    def encode(self, prompts: list[str]) -> TextStates:
+        a, b = self.low.encode(prompts), self.high.encode(prompts)
+        return TextStates(torch.cat([a.tokens, b.tokens], -1), a.mask, torch.cat([a.pooled, b.pooled], -1))
+
+    def eps(
+        self, z: Tensor, t: Tensor, text: TextStates, camera: Tensor, mode: Tensor | None = None
+    ) -> Tensor:
+        """Noise prediction (B, 3, H, W) float32, each row from the expert of its timestep."""
+        w, out, high = self.width, torch.empty(z.shape, device=z.device), t >= self.cut
+        for model, rows, part in ((self.low, ~high, slice(0, w)), (self.high, high, slice(w, None))):
+            if rows.any():
+                states = TextStates(
+                    text.tokens[rows][..., part], text.mask[rows], text.pooled[rows][..., part]
+                )
+                out[rows] = model.eps(
+                    z[rows], t[rows], states, camera[rows], None if mode is None else mode[rows]
+                )
+        return out
