@@ -410,6 +410,28 @@ def test_generate_two_steps_with_bundled_guidance(weights, tmp_path, tiny):
     assert not (tmp_path / "mug").exists()
 
 
+def test_high_noise_model_makes_the_bundled_guidance_a_pair_of_experts(weights, tmp_path, tiny):
+    """--guidance.high-noise-model: the guidance denoises with Experts (cut at high_noise_from of
+    the schedule) and a 2-step generate runs; a missing file or a bad cut is one UserError."""
+    import dreamfusion
+
+    guidance = dataclasses.replace(tiny_config_guidance(), model=str(weights), high_noise_model=str(weights))
+    loaded = load_bundled(guidance, SDSConfig(), torch.device("cpu"))
+    assert isinstance(loaded.model, Experts) and loaded.model.cut == 600
+    cfg = tiny(steps=2)
+    cfg = dataclasses.replace(cfg, guidance=guidance)
+    result = dreamfusion.generate(
+        "a red cube", config=cfg, out=tmp_path / "run", progress=False, export_mesh=False, turntable=False
+    )
+    assert result.steps == 2 and result.checkpoint.is_file()
+    for bad, match in (
+        ({"high_noise_model": str(tmp_path / "none")}, "no such"),
+        ({"high_noise_from": 1.5}, "(0, 1)"),
+    ):
+        with pytest.raises(UserError, match=match):
+            load_bundled(dataclasses.replace(guidance, **bad), SDSConfig(), torch.device("cpu"))
+
+
 def test_cli_train_and_sample(tmp_path):
     from dreamfusion.cli import main
 

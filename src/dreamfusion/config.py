@@ -198,6 +198,11 @@ class GuidanceConfig:
     shading_aware: bool = True
     """bundled: tell the prior how each render was shaded (albedo, lit, textureless) rather than
     "any shading"; without it, textureless-looking white objects also satisfy a color prompt."""
+    high_noise_model: str | None = None
+    """bundled: a second prior (.safetensors) that denoises from `high_noise_from` up, the first one
+    below (`prior.experts.Experts`): e.g. a fine-tune that learned the azimuth at high noise."""
+    high_noise_from: float = 0.6
+    """bundled: first timestep of `high_noise_model`, as a fraction of the schedule."""
     target_shape: Literal["sphere"] = "sphere"
     """closed-form: the known object whose renders are the data distribution."""
     target_radius: float = 0.45
