@@ -10,7 +10,7 @@ classifier sees as colored (albedo or lambertian), with the textureless share be
 a lower bound, with every textureless sample counted wrong.
 
     python benchmarks/prior_quality.py --device cuda --n 4 --out docs/results/prior_quality
-        [--weights RUN/prior.safetensors] [--grid docs/prior_samples.png]
+        [--weights RUN/prior.safetensors] [--high-noise-model W] [--grid docs/prior_samples.png]
 
 Writes OUT.json (every prompt's predictions and all tables) and OUT.md (the tables).
 """
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from dreamfusion.eval.classifier import TEXTURELESS, WEIGHTS, classify, load_classifier
+from dreamfusion.prior.experts import Experts
 from dreamfusion.prior.model import load_prior
 from dreamfusion.prior.sample import sample_prompts, save_grid
 from dreamfusion.provenance import git_commit
@@ -103,6 +104,13 @@ def main() -> None:
     parser.add_argument(
         "--weights", type=Path, default=PRIOR_PATH, help="prior weights (default: the bundled)"
     )
+    parser.add_argument(
+        "--high-noise-model",
+        type=Path,
+        default=None,
+        help="a second prior that denoises from --high-noise-from up (prior.experts.Experts)",
+    )
+    parser.add_argument("--high-noise-from", type=float, default=0.6, help="fraction of the schedule (0.6)")
     parser.add_argument("--classifier", type=Path, default=WEIGHTS)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--n", type=int, default=4, help="samples per prompt")
@@ -122,6 +130,9 @@ def main() -> None:
 
     start = time.perf_counter()
     prior = load_prior(args.weights, args.device)
+    if args.high_noise_model is not None:
+        cut = round(args.high_noise_from * prior.cfg.num_train_timesteps)
+        prior = Experts(prior, load_prior(args.high_noise_model, args.device), cut)
     judge = load_classifier(args.classifier, args.device)
     views = [None if v == "none" else v for v in args.views]
     rows = prompt_table(args.shapes, args.colors, views, args.n)
@@ -146,6 +157,8 @@ def main() -> None:
         "device": device,
         "seconds": time.perf_counter() - start,
         "weights": str(args.weights),
+        "high_noise_model": None if args.high_noise_model is None else str(args.high_noise_model),
+        "high_noise_from": args.high_noise_from if args.high_noise_model is not None else None,
         "n": args.n,
         "n_images": len(rows),
         "steps": args.steps,
