@@ -1,6 +1,7 @@
-"""Two priors as experts by noise level: one below timestep --cut, the other from it up (as in eDiff-I).
+"""Two priors as experts by noise level: one below --high-from of the schedule, the other from it up
+(as in eDiff-I).
 
-    python benchmarks/prior_experts.py --high RUN/prior.safetensors [--low W] [--cut 600]
+    python benchmarks/prior_experts.py --high RUN/prior.safetensors [--low W] [--high-from 0.6]
 
 Why: the high-noise fine-tune of docs/results/azimuth_finetune_h200 learned the azimuth but lost
 detail at low noise (sample shape accuracy 0.78). If its noisy end is sound, the shipped prior below
@@ -58,7 +59,7 @@ def main() -> None:
     )
     parser.add_argument("--high", type=Path, required=True, help="expert from the cut up")
     parser.add_argument(
-        "--cut", type=int, default=600, help="first timestep of the high expert (default 600)"
+        "--high-from", type=float, default=0.6, help="start of the high expert, fraction of T (0.6)"
     )
     parser.add_argument(
         "--shapes", nargs="+", default=["cube", "sphere", "cylinder", "pyramid", "cone", "torus"]
@@ -75,7 +76,8 @@ def main() -> None:
     classifier = load_classifier(WEIGHTS, "cpu")
     rows = prompt_table(args.shapes, args.colors, [None if v == "none" else v for v in args.views], args.n)
     results = {}
-    for name, model in (("low", low), ("high", high), ("experts", Experts(low, high, args.cut))):
+    experts = Experts(low, high, args.high_from)
+    for name, model in (("low", low), ("high", high), ("experts", experts)):
         start = time.perf_counter()
         results[name] = {**judge(model, rows, args.steps, args.guidance_scale, classifier)}
         results[name]["seconds"] = round(time.perf_counter() - start, 1)
@@ -86,7 +88,7 @@ def main() -> None:
         "low_sha256": file_sha256(args.low),
         "high": str(args.high),
         "high_sha256": file_sha256(args.high),
-        "cut": args.cut,
+        "cut": experts.cut,
         "n_images": len(rows),
         "steps": args.steps,
         "guidance_scale": args.guidance_scale,
@@ -94,7 +96,7 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
-    print(f"{len(rows)} samples each, DDIM {args.steps}, CFG {args.guidance_scale}, cut {args.cut}")
+    print(f"{len(rows)} samples each, DDIM {args.steps}, CFG {args.guidance_scale}, cut {experts.cut}")
     print(f"{'prior':8s} {'shape':>6s} {'color':>6s}  " + " ".join(f"{s:>8s}" for s in args.shapes))
     for name, r in results.items():
         per = " ".join(f"{r['by_shape'][s]['shape']:8.2f}" for s in args.shapes)

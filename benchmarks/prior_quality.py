@@ -131,8 +131,7 @@ def main() -> None:
     start = time.perf_counter()
     prior = load_prior(args.weights, args.device)
     if args.high_noise_model is not None:
-        cut = round(args.high_noise_from * prior.cfg.num_train_timesteps)
-        prior = Experts(prior, load_prior(args.high_noise_model, args.device), cut)
+        prior = Experts(prior, load_prior(args.high_noise_model, args.device), args.high_noise_from)
     judge = load_classifier(args.classifier, args.device)
     views = [None if v == "none" else v for v in args.views]
     rows = prompt_table(args.shapes, args.colors, views, args.n)

@@ -168,7 +168,8 @@ def test_experts_route_each_row_to_the_prior_of_its_timestep():
     """Rows with t below the cut get the low prior's noise prediction exactly, the others the high
     one's, each from its own text encoder; priors with other schedules are refused."""
     low, high = random_model(0), random_model(1)
-    experts = Experts(low, high, cut=500)
+    experts = Experts(low, high, high_from=0.5)
+    assert experts.cut == 500
     prompts = ["a red cube", "blue ball, side view", "a red cube", ""]
     z, t = torch.randn(4, 3, 16, 16), torch.tensor([10, 499, 500, 999])
     cam = camera_input(orbit_cameras(4, 16))
@@ -183,7 +184,7 @@ def test_experts_route_each_row_to_the_prior_of_its_timestep():
     assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
     other = PriorModel(dataclasses.replace(tiny().model, schedule="linear"))
     with pytest.raises(ValueError, match="schedule"):
-        Experts(low, other, cut=500)
+        Experts(low, other, high_from=0.5)
 
 
 def test_forward_shapes_and_eps_from_v():

@@ -167,12 +167,8 @@ def load_bundled(cfg: GuidanceConfig, sds_cfg: SDSConfig, device: torch.device) 
         high = Path(cfg.high_noise_model).expanduser()
         if not high.is_file():
             raise UserError(f"--guidance.high-noise-model {high}: no such prior weights file")
-        if not 0.0 < cfg.high_noise_from < 1.0:
-            raise UserError(f"--guidance.high-noise-from must be in (0, 1) (got {cfg.high_noise_from})")
         try:
-            model = Experts(
-                model, load_prior(high, device), round(cfg.high_noise_from * model.cfg.num_train_timesteps)
-            )
+            model = Experts(model, load_prior(high, device), cfg.high_noise_from)
         except ValueError as e:
             raise UserError(f"--guidance.high-noise-model {high}: {e}") from None
     return BundledGuidance(model, sds_cfg, cfg.dtype, cfg.shading_aware, cfg.cuda_graphs)

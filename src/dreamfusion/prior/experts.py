@@ -15,17 +15,22 @@ from dreamfusion.prior.text import TextStates
 
 
 class Experts(nn.Module):
-    """`low` denoises t < cut, `high` t >= cut. Each keeps its own text encoder: the text states of
-    both sit side by side along the feature axis, so samplers and SDS pass them around as one."""
+    """`low` denoises t < cut, `high` t >= cut, where cut = round(high_from * T). Each keeps its own
+    text encoder: the text states of both sit side by side along the feature axis, so samplers and
+    SDS pass them around as one. Raises ValueError for a high_from outside (0, 1) or priors that do
+    not share their schedule, prediction, words and image size."""
 
-    def __init__(self, low: PriorModel, high: PriorModel, cut: int) -> None:
+    def __init__(self, low: PriorModel, high: PriorModel, high_from: float) -> None:
         super().__init__()
+        if not 0.0 < high_from < 1.0:
+            raise ValueError(f"the high-noise expert's start must be in (0, 1) (got {high_from})")
         same = ("schedule", "num_train_timesteps", "prediction", "words", "max_tokens")
         if any(getattr(low.cfg, k) != getattr(high.cfg, k) for k in same) or (
             low.image_size != high.image_size
         ):
             raise ValueError("the two priors must share their noise schedule, prediction, words, image size")
-        self.low, self.high, self.cut = low, high, cut
+        self.low, self.high = low, high
+        self.cut = round(high_from * low.cfg.num_train_timesteps)
         self.cfg, self.tokenizer, self.width = low.cfg, low.tokenizer, low.cfg.unet.text_dim
         self.register_buffer("alphas_cumprod", low.alphas_cumprod.clone(), persistent=False)
 
