@@ -190,7 +190,8 @@ def _config(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def _no_extra(extra: list[str]) -> None:
+def no_extra(extra: list[str]) -> None:
+    """One line for arguments a command without config fields does not take."""
     if extra:
         raise UserError(f"unrecognized arguments: {' '.join(extra)}")
 
@@ -199,7 +200,7 @@ def _export(args: argparse.Namespace, extra: list[str]) -> int:
     from dreamfusion.export import ExportOptions, export_mesh, validate_options
     from dreamfusion.loading import find_checkpoint, load_run
 
-    _no_extra(extra)
+    no_extra(extra)
     level = None if args.level == "auto" else _float(args.level, "--level must be 'auto' or a number")
     fmt = args.format or (args.out.suffix.lstrip(".") if args.out and args.out.suffix else "glb")
     out = args.out or (find_checkpoint(args.run).parent.parent / f"mesh.{fmt}")
@@ -220,7 +221,7 @@ def _render(args: argparse.Namespace, extra: list[str]) -> int:
     from dreamfusion.loading import find_checkpoint, load_run
     from dreamfusion.turntable import VIDEO_SUFFIXES, TurntableOptions, parse_light, validate, write_turntable
 
-    _no_extra(extra)
+    no_extra(extra)
     options = TurntableOptions(
         frames=args.frames,
         size=args.size,
@@ -242,7 +243,7 @@ def _render(args: argparse.Namespace, extra: list[str]) -> int:
 def _view(args: argparse.Namespace, extra: list[str]) -> int:
     from dreamfusion.viewer import serve_run
 
-    _no_extra(extra)
+    no_extra(extra)
     serve_run(
         args.run,
         host=args.host,
@@ -277,7 +278,7 @@ def _bench(args: argparse.Namespace, extra: list[str]) -> int:
 def _prior(args: argparse.Namespace, extra: list[str]) -> int:
     from dreamfusion.prior.cli import run
 
-    _no_extra(extra)
+    no_extra(extra)
     return run(args)
 
 

@@ -108,10 +108,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _merge(args: argparse.Namespace, extra: list[str]) -> int:
+    from dreamfusion.cli import no_extra
     from dreamfusion.eval.bench_report import merge_reports, write_report
 
-    if extra:
-        raise UserError(f"unrecognized arguments: {' '.join(extra)}")
+    no_extra(extra)
     parts = []
     for folder in args.parts:
         path = folder / "fidelity.json"
