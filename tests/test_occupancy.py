@@ -3,18 +3,20 @@
 import dataclasses
 import math
 
+import pytest
 import torch
 from torch import nn
 
 from dreamfusion.cameras import orbit_cameras
 from dreamfusion.config import RenderConfig, ShadingConfig
 from dreamfusion.fields.analytic import SphereField
-from dreamfusion.occupancy import OccupancyGrid
+from dreamfusion.occupancy import OccupancyGrid, hidden_cells
 from dreamfusion.rays import generate_rays, intersect_sphere
-from dreamfusion.regularizers import orientation_loss
+from dreamfusion.errors import UserError
+from dreamfusion.regularizers import interior_loss, orientation_loss
 from dreamfusion.renderer import render
 from dreamfusion.rendering import sample_along_rays
-from dreamfusion.trainer import Trainer
+from dreamfusion.trainer import Trainer, read_metrics
 from tests.conftest import tiny_config
 from tests.test_trainer import _backend, _state
 
@@ -290,3 +292,97 @@ def test_training_with_the_grid_skips_samples_and_resumes_to_the_bit(tmp_path):
         assert torch.equal(a[key], b[key]), key
     assert torch.equal(straight.occupancy.density, resumed.occupancy.density)
     assert torch.equal(straight.occupancy.mask, resumed.occupancy.mask)
+
+
+class HollowCube(nn.Module):
+    """A closed cube shell of side 0.7 and wall 0.1 at density 200 around a faint inside (density 2):
+    what renders show of a solid cube whose inside SDS never reached."""
+
+    bound_radius = BOUND
+
+    def density(self, points):
+        side = points.abs().amax(-1)
+        return torch.where(side < 0.25, 2.0, torch.where(side < 0.35, 200.0, 0.0))
+
+
+def test_interior_points_fall_in_the_hidden_inside_only_and_none_before_any_reading():
+    grid = OccupancyGrid(BOUND, 32)
+    assert grid.interior_points(100, depth=3.0) is None  # no readings yet: nothing is hidden
+    grid.update(HollowCube(), torch.Generator().manual_seed(0))
+    hidden = hidden_cells(grid.density, grid.cell_size, 3.0)
+    # The wall puts optical depth 200 * 0.1 = 20 between the inside and every face.
+    assert hidden.sum() > 0
+    points = grid.interior_points(2000, depth=3.0, generator=torch.Generator().manual_seed(1))
+    assert points.shape == (2000, 3)
+    assert points.abs().amax(-1).max() < 0.35 + grid.cell_size  # inside the shell's outer face
+    assert points.abs().amax(-1).min() < 0.05  # reaching the center, not only the wall
+    # The same draw twice from the same generator state: the training's resume replays it.
+    again = grid.interior_points(2000, depth=3.0, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(points, again)
+
+
+def test_a_torus_hole_and_an_open_cup_have_no_interior_in_their_openings():
+    ijk = torch.arange(32, dtype=torch.float32) - 15.5
+    x, y, z = torch.meshgrid(ijk, ijk, ijk, indexing="ij")
+    ring = ((x.square() + y.square()).sqrt() - 9.0).square() + z.square() < 16.0
+    hidden = hidden_cells(ring.float() * 1e3, 0.05)
+    assert hidden[14:18, 14:18, :].sum() == 0  # the hole is open along z
+    assert hidden.sum() > 0  # the ring's core is hidden
+    cup = (x.abs() < 10) & (y.abs() < 10) & (z > -10) & (z < 10)
+    cup &= ~((x.abs() < 7) & (y.abs() < 7) & (z > -7))  # a box open at the top
+    assert hidden_cells(cup.float() * 1e3, 0.05)[12:20, 12:20, 12:28].sum() == 0
+
+
+def test_interior_loss_values_and_its_push_only_raises_density():
+    density = torch.tensor([1.0, 10.0, 100.0, 1000.0], requires_grad=True)
+    loss = interior_loss(density, target=100.0)
+    expected = (math.log(100.0) + math.log(10.0)) / 4  # the two below the target, log shortfall
+    assert math.isclose(loss.item(), expected, rel_tol=1e-6)
+    loss.backward()
+    assert (density.grad[:2] < 0).all()  # gradient descent raises them
+    assert (density.grad[2:] == 0).all()  # at or above the target: left alone
+    assert interior_loss(torch.zeros(3), 10.0).isfinite()  # an empty cell does not give inf
+
+
+def _interior_config(weight):
+    cfg = _grid_config(steps=12)
+    reg = dataclasses.replace(cfg.regularizers, interior_weight=weight, interior_density=500.0, interior_depth=1.0)
+    # A fast learning rate, so that a dozen steps move the inside measurably.
+    return dataclasses.replace(cfg, regularizers=reg, optim=dataclasses.replace(cfg.optim, lr=0.1))
+
+
+def test_training_with_the_interior_loss_raises_the_hidden_density_and_resumes_to_the_bit(tmp_path):
+    center = torch.zeros(1, 3)
+    runs = {}
+    for weight in (0.0, 10.0):
+        cfg = _interior_config(weight)
+        trainer = Trainer("a red sphere", cfg, tmp_path / f"w{weight}", _backend(cfg))
+        metrics = [read_metrics(trainer.train_step()) for _ in range(12)]
+        runs[weight] = (trainer, metrics)
+    off, on = runs[0.0], runs[10.0]
+    assert all(m["interior"] == 0 for m in off[1])
+    assert on[1][0]["interior"] == 0  # before the first grid update nothing is known to be hidden
+    assert on[1][-1]["interior"] > 0 and "interior" in on[0].timings()
+    with torch.no_grad():
+        assert on[0].field.density(center) > 1.5 * off[0].field.density(center)
+
+    cfg = _interior_config(10.0)
+    first = Trainer("a red sphere", cfg, tmp_path / "r", _backend(cfg))
+    for _ in range(6):
+        first.train_step()
+    first.save()
+    del first
+    resumed = Trainer("a red sphere", cfg, tmp_path / "r", _backend(cfg), resume=True)
+    resumed.train()
+    a, b = _state(on[0]), _state(resumed)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_the_interior_loss_without_the_grid_is_refused_in_one_line(tmp_path):
+    cfg = _interior_config(1.0)
+    cfg = dataclasses.replace(cfg, render=dataclasses.replace(cfg.render, occupancy_grid=False))
+    with pytest.raises(UserError, match="occupancy-grid") as info:
+        Trainer("a red sphere", cfg, tmp_path / "x", _backend(cfg))
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "x").exists()

@@ -161,6 +161,17 @@ class RegularizerConfig:
     distortion_weight: float = 0.0
     """Weight of mip-NeRF 360's distortion loss (beyond the paper; 0 = off): it draws each ray's
     weight into one short interval, a surface rather than a fog."""
+    interior_weight: float = 0.0
+    """Weight of the interior loss (beyond the paper; 0 = off; needs render.occupancy_grid): it raises
+    the density inside the body, which no render sees, to interior_density, so that the body is solid
+    rather than a shell around speckle."""
+    interior_density: float = 100.0
+    """Density (world units) the interior loss raises hidden cells to."""
+    interior_depth: float = 1.0
+    """A cell counts as inside when the occupancy grid's readings put this optical depth between it and
+    the outside from each of the six axis directions (1: under 37% of the light reaches it)."""
+    interior_points: int = 4096
+    """Points drawn in the hidden cells per step."""
 
 
 @dataclass
@@ -396,6 +407,19 @@ def validate_config(cfg: Config) -> None:
         (
             0.0 <= cfg.guidance.latent_warmup <= 1.0,
             f"guidance.latent_warmup is a fraction of training in [0, 1] (got {cfg.guidance.latent_warmup})",
+        ),
+        (
+            cfg.regularizers.interior_weight <= 0 or cfg.render.occupancy_grid,
+            "regularizers.interior_weight needs the occupancy grid to find the inside: "
+            "add --render.occupancy-grid or set --regularizers.interior-weight 0",
+        ),
+        (
+            cfg.regularizers.interior_density > 0
+            and cfg.regularizers.interior_depth > 0
+            and cfg.regularizers.interior_points > 0,
+            "regularizers.interior_density, interior_depth and interior_points must be positive (got "
+            f"{cfg.regularizers.interior_density}, {cfg.regularizers.interior_depth}, "
+            f"{cfg.regularizers.interior_points})",
         ),
         (
             0.0 <= cfg.render.occupancy_decay <= 1.0,

@@ -12,14 +12,35 @@ refreshes after the field emptied it, 2,160 steps at one refresh per 16, longer 
 `cpu`-preset run; at 0.5 it takes 10 refreshes.
 
 A freshly built grid marks every cell occupied, so renders before the first update are exact.
+
+The same readings say which cells are hidden inside the body (`hidden_cells`, `interior_points`):
+the interior regularizer (`regularizers.interior_loss`) fills them.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
 
 from dreamfusion.fields.base import Field
+
+
+def hidden_cells(density: Tensor, cell_size: float, depth: float = math.log(2.0)) -> Tensor:
+    """(R, R, R) density -> (R, R, R) bool: the cells that light from outside the grid reaches through
+    an optical depth of at least `depth` from each of the six axis directions.
+
+    The default, ln 2, is the render level's half-transmittance rule integrated along the ray: an
+    opaque body counts whole, its hidden inside too, while a hole open along an axis (a torus seen
+    from above) stays empty.
+    """
+    tau = density.float().clamp_min(0.0) * cell_size  # optical depth of each cell
+    reach = torch.full_like(tau, math.inf)
+    for dim in range(3):
+        upto = torch.cumsum(tau, dim) - 0.5 * tau  # from the low face to the cell's center
+        reach = torch.minimum(reach, torch.minimum(upto, tau.sum(dim, keepdim=True) - upto))
+    return reach >= depth
 
 
 class OccupancyGrid(nn.Module):
@@ -59,6 +80,8 @@ class OccupancyGrid(nn.Module):
         nearest = torch.where((corner < 0) & (corner + size > 0), torch.zeros_like(nearest), nearest)
         inside = (nearest * nearest).sum(-1) <= self.bound_radius**2
         self.register_buffer("cells", inside.nonzero()[:, 0], persistent=False)  # (M,) flat indices
+        self._interior: Tensor | None = None  # flat indices of hidden cells, found on first use
+        self._interior_depth = math.nan
 
     @property
     def cell_size(self) -> float:
@@ -82,11 +105,8 @@ class OccupancyGrid(nn.Module):
 
         `generator` (on the grid's device) draws the points within their cells.
         """
-        res = self.resolution
         cells = self.cells
-        ijk = torch.stack((cells // (res * res), (cells // res) % res, cells % res), dim=-1)  # (M, 3)
-        u = torch.rand(ijk.shape, generator=generator, device=ijk.device, dtype=torch.float32)
-        points = (ijk.float() + u) * self.cell_size - self.bound_radius  # (M, 3)
+        points = self._jittered(cells, generator)  # (M, 3)
         # A cell across the bounding sphere is read at the nearest point inside it when its draw
         # falls outside (where the field is 0 by contract): else the rim of the sphere would flicker
         # between occupied and empty from one refresh to the next while the field is dense there.
@@ -102,6 +122,29 @@ class OccupancyGrid(nn.Module):
         # A field that is zero everywhere keeps every cell (nothing to skip to); decided on the device.
         mask[cells] |= ~mask.any()
         self.mask.copy_(mask.view_as(self.mask))
+        self._interior = None
+
+    def _jittered(self, cells: Tensor, generator: torch.Generator | None) -> Tensor:
+        """(K,) flat cell indices -> (K, 3) one uniform random point in each of those cells."""
+        res = self.resolution
+        ijk = torch.stack((cells // (res * res), (cells // res) % res, cells % res), dim=-1)  # (K, 3)
+        u = torch.rand(ijk.shape, generator=generator, device=ijk.device, dtype=torch.float32)
+        return (ijk.float() + u) * self.cell_size - self.bound_radius
+
+    def interior_points(self, n: int, depth: float, generator: torch.Generator | None = None) -> Tensor | None:
+        """(n, 3) uniform random points in the cells hidden at optical `depth` from all six axis
+        directions (`hidden_cells` on the readings), or None while there is no such cell (before
+        the first update, or a field with no closed body).
+
+        The hidden cells are found once per update (it waits for the device), not once per call.
+        """
+        if self._interior is None or depth != self._interior_depth:
+            hidden = hidden_cells(self.density, self.cell_size, depth).view(-1)
+            self._interior, self._interior_depth = hidden.nonzero()[:, 0], depth
+        if self._interior.numel() == 0:
+            return None
+        pick = torch.randint(self._interior.numel(), (n,), generator=generator, device=self._interior.device)
+        return self._jittered(self._interior[pick], generator)
 
     def occupied(self, points: Tensor) -> Tensor:
         """(N, 3) world points -> (N,) bool: in an occupied cell (False outside the cube)."""

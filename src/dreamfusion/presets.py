@@ -51,6 +51,7 @@ def default() -> Config:
             field=FieldConfig(density_activation="exp", blob_density=5.0, blob_radius=0.2),
             render=RenderConfig(occupancy_grid=True),
             shading=ShadingConfig(albedo_warmup_steps=200),
+            regularizers=RegularizerConfig(interior_weight=1.0),
             optim=OptimConfig(schedule="cosine", final_lr=1e-4),
             train=TrainConfig(steps=1500, checkpoint_every=250, preview_every=250),
         ),
@@ -141,7 +142,7 @@ def cpu() -> Config:
             camera=CameraConfig(resolution=48),
             render=RenderConfig(samples_per_ray=48, occupancy_grid=True),
             shading=ShadingConfig(albedo_warmup_steps=100),
-            regularizers=RegularizerConfig(orientation_ramp_steps=300),
+            regularizers=RegularizerConfig(orientation_ramp_steps=300, interior_weight=1.0),
             optim=OptimConfig(schedule="cosine", final_lr=1e-4),
             train=TrainConfig(steps=1200, checkpoint_every=200, preview_every=400),
         )

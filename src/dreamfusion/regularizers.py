@@ -1,6 +1,8 @@
-"""Geometry regularizers (paper appendix A.2) and the linear ramp of their weights."""
+"""Geometry regularizers (paper appendix A.2, plus two beyond it) and the linear ramp of their weights."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -50,6 +52,20 @@ def distortion_loss(weights: Tensor, t_mid: Tensor, deltas: Tensor) -> Tensor:
     pairs = 2.0 * (weights * (t_mid * before_w - before_wt)).sum(-1)
     own = (weights.square() * deltas).sum(-1) / 3.0
     return (pairs + own).mean()
+
+
+def interior_loss(density: Tensor, target: float) -> Tensor:
+    """Mean shortfall of log density below log `target` at points hidden inside the body -> scalar.
+
+    Beyond the paper. No render sees inside an opaque body, so SDS leaves the density there where
+    initialization and shared parameters put it: a noisy plateau that, cut at a level, is speckle
+    rather than a solid (docs/evaluation.md, "Opaque IoU"). Fed points from
+    `OccupancyGrid.interior_points`, this raises that inside to `target`. In log space, so the push
+    is the same for the exp and softplus activations and fades once the target is reached; it never
+    lowers a density. Filling can only spread to cells already hidden: a cell between a hidden one
+    and the grid's face along some axis is hidden along it too.
+    """
+    return torch.relu(math.log(target) - torch.log(density.float().clamp_min(1e-6))).mean()
 
 
 def ramp(step: int, start: float, end: float, steps: int) -> float:

@@ -41,7 +41,7 @@ from dreamfusion.guidance.base import Guidance, LatentGuidance
 from dreamfusion.occupancy import OccupancyGrid
 from dreamfusion.optim import build_optimizer, lr_factor, set_lr
 from dreamfusion.prompts import view_index, view_prompts
-from dreamfusion.regularizers import distortion_loss, opacity_loss, orientation_loss, ramp
+from dreamfusion.regularizers import distortion_loss, interior_loss, opacity_loss, orientation_loss, ramp
 from dreamfusion.renderer import render, render_views
 from dreamfusion.rendering import composite, normal_latent
 from dreamfusion.run_dir import RunDir, save_image_grid
@@ -233,6 +233,7 @@ class Trainer:
                 ("t", sds.timesteps.float().mean()),
             ):
                 sums[key] += share * value.detach().float()
+        sums["interior"] = self._interior_step(loss_finite)
 
         with timer("optimizer"):
             lr = set_lr(self.optimizer, lr_factor(self.step, cfg.train.steps, cfg.optim))
@@ -246,6 +247,21 @@ class Trainer:
         # for the step to finish, so the loop reads them only when it logs.
         shading = "latent" if latent else shading
         return {"step": self.step, **sums, "shading": shading, "lr": lr, "skipped": skipped, **extra}
+
+    def _interior_step(self, loss_finite: torch.Tensor) -> torch.Tensor:
+        """Backpropagate the interior loss at points hidden inside the body (none until the occupancy
+        grid's first refresh finds any); returns the loss, 0 when off. Flags a non-finite loss."""
+        reg = self.cfg.regularizers
+        if reg.interior_weight <= 0 or self.occupancy is None:
+            return torch.zeros((), device=self.device)
+        points = self.occupancy.interior_points(reg.interior_points, reg.interior_depth, self.device_gen)
+        if points is None:
+            return torch.zeros((), device=self.device)
+        with self.timer("interior"), self._autocast():
+            loss = interior_loss(self.field.density(points), reg.interior_density)
+            (reg.interior_weight * loss).backward()
+        loss_finite &= torch.isfinite(loss.detach())
+        return loss.detach()
 
     def _occupancy_due(self) -> bool:
         since = self.step - self.cfg.render.occupancy_warmup_steps

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dreamfusion.fields.base import Field
+from dreamfusion.occupancy import hidden_cells
 from dreamfusion.world import OBJECTS, WorldObject
 
 REFERENCE_VOXEL = 0.025
@@ -63,13 +64,7 @@ def opaque_occupancy(density: Tensor, bound: float) -> Tensor:
     is a noisy plateau around the level still counts as full, while a hole open along an axis
     (a torus seen from above) stays empty.
     """
-    tau = density.float().clamp_min(0.0) * (2.0 * bound / density.shape[0])  # optical depth per cell
-    depth = torch.full_like(tau, math.inf)
-    for dim in range(3):
-        upto = torch.cumsum(tau, dim) - 0.5 * tau  # from the low face to the cell center
-        total = tau.sum(dim, keepdim=True)
-        depth = torch.minimum(depth, torch.minimum(upto, total - upto))
-    return depth >= math.log(2.0)
+    return hidden_cells(density, 2.0 * bound / density.shape[0])
 
 
 COARSE_SCALES = tuple(float(s) for s in torch.logspace(math.log10(0.6), math.log10(1.6), 15))
