@@ -9,10 +9,10 @@ from torch import nn
 
 from dreamfusion.cameras import orbit_cameras
 from dreamfusion.config import RenderConfig, ShadingConfig
+from dreamfusion.errors import UserError
 from dreamfusion.fields.analytic import SphereField
 from dreamfusion.occupancy import OccupancyGrid, hidden_cells
 from dreamfusion.rays import generate_rays, intersect_sphere
-from dreamfusion.errors import UserError
 from dreamfusion.regularizers import interior_loss, orientation_loss
 from dreamfusion.renderer import render
 from dreamfusion.rendering import sample_along_rays
@@ -344,9 +344,16 @@ def test_interior_loss_values_and_its_push_only_raises_density():
     assert interior_loss(torch.zeros(3), 10.0).isfinite()  # an empty cell does not give inf
 
 
-def _interior_config(weight):
+def _interior_config(weight, start=None, ramp_steps=0):
     cfg = _grid_config(steps=12)
-    reg = dataclasses.replace(cfg.regularizers, interior_weight=weight, interior_density=500.0, interior_depth=1.0)
+    reg = dataclasses.replace(
+        cfg.regularizers,
+        interior_weight=weight,
+        interior_weight_start=start,
+        interior_ramp_steps=ramp_steps,
+        interior_density=500.0,
+        interior_depth=1.0,
+    )
     # A fast learning rate, so that a dozen steps move the inside measurably.
     return dataclasses.replace(cfg, regularizers=reg, optim=dataclasses.replace(cfg.optim, lr=0.1))
 
@@ -354,17 +361,20 @@ def _interior_config(weight):
 def test_training_with_the_interior_loss_raises_the_hidden_density_and_resumes_to_the_bit(tmp_path):
     center = torch.zeros(1, 3)
     runs = {}
-    for weight in (0.0, 10.0):
-        cfg = _interior_config(weight)
-        trainer = Trainer("a red sphere", cfg, tmp_path / f"w{weight}", _backend(cfg))
+    for name, args in (("off", (0.0,)), ("on", (10.0,)), ("ramp", (10.0, 0.0, 1000))):
+        cfg = _interior_config(*args)
+        trainer = Trainer("a red sphere", cfg, tmp_path / name, _backend(cfg))
         metrics = [read_metrics(trainer.train_step()) for _ in range(12)]
-        runs[weight] = (trainer, metrics)
-    off, on = runs[0.0], runs[10.0]
+        runs[name] = (trainer, metrics)
+    off, on = runs["off"], runs["on"]
     assert all(m["interior"] == 0 for m in off[1])
     assert on[1][0]["interior"] == 0  # before the first grid update nothing is known to be hidden
     assert on[1][-1]["interior"] > 0 and "interior" in on[0].timings()
     with torch.no_grad():
-        assert on[0].field.density(center) > 1.5 * off[0].field.density(center)
+        densities = {name: run[0].field.density(center).item() for name, run in runs.items()}
+    assert densities["on"] > 1.5 * densities["off"]
+    # Ramped from 0 toward 10 over 1,000 steps, the weight is still about 0.1 at step 12.
+    assert densities["off"] < densities["ramp"] < 0.5 * densities["on"]
 
     cfg = _interior_config(10.0)
     first = Trainer("a red sphere", cfg, tmp_path / "r", _backend(cfg))

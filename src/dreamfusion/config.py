@@ -162,9 +162,14 @@ class RegularizerConfig:
     """Weight of mip-NeRF 360's distortion loss (beyond the paper; 0 = off): it draws each ray's
     weight into one short interval, a surface rather than a fog."""
     interior_weight: float = 0.0
-    """Weight of the interior loss (beyond the paper; 0 = off; needs render.occupancy_grid): it raises
-    the density inside the body, which no render sees, to interior_density, so that the body is solid
-    rather than a shell around speckle."""
+    """Final weight of the interior loss (beyond the paper; 0 = off; needs render.occupancy_grid): it
+    raises the density inside the body, which no render sees, to interior_density, so that the body is
+    solid rather than a shell around speckle."""
+    interior_weight_start: float | None = None
+    """Weight of the interior loss at step 0 (None: the final weight); ramps linearly to it. A light
+    start leaves SDS free to carve through the initial blob (a torus's hole) before the inside fills."""
+    interior_ramp_steps: int = 0
+    """Steps over which the interior weight ramps up."""
     interior_density: float = 100.0
     """Density (world units) the interior loss raises hidden cells to."""
     interior_depth: float = 1.0
@@ -412,6 +417,10 @@ def validate_config(cfg: Config) -> None:
             cfg.regularizers.interior_weight <= 0 or cfg.render.occupancy_grid,
             "regularizers.interior_weight needs the occupancy grid to find the inside: "
             "add --render.occupancy-grid or set --regularizers.interior-weight 0",
+        ),
+        (
+            (cfg.regularizers.interior_weight_start or 0.0) >= 0,
+            f"regularizers.interior_weight_start must be >= 0 (got {cfg.regularizers.interior_weight_start})",
         ),
         (
             cfg.regularizers.interior_density > 0

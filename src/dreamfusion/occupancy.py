@@ -131,7 +131,9 @@ class OccupancyGrid(nn.Module):
         u = torch.rand(ijk.shape, generator=generator, device=ijk.device, dtype=torch.float32)
         return (ijk.float() + u) * self.cell_size - self.bound_radius
 
-    def interior_points(self, n: int, depth: float, generator: torch.Generator | None = None) -> Tensor | None:
+    def interior_points(
+        self, n: int, depth: float, generator: torch.Generator | None = None
+    ) -> Tensor | None:
         """(n, 3) uniform random points in the cells hidden at optical `depth` from all six axis
         directions (`hidden_cells` on the readings), or None while there is no such cell (before
         the first update, or a field with no closed body).

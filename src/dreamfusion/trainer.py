@@ -257,9 +257,11 @@ class Trainer:
         points = self.occupancy.interior_points(reg.interior_points, reg.interior_depth, self.device_gen)
         if points is None:
             return torch.zeros((), device=self.device)
+        start = reg.interior_weight if reg.interior_weight_start is None else reg.interior_weight_start
+        weight = ramp(self.step, start, reg.interior_weight, reg.interior_ramp_steps)
         with self.timer("interior"), self._autocast():
             loss = interior_loss(self.field.density(points), reg.interior_density)
-            (reg.interior_weight * loss).backward()
+            (weight * loss).backward()
         loss_finite &= torch.isfinite(loss.detach())
         return loss.detach()
 
