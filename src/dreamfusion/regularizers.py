@@ -62,8 +62,9 @@ def interior_loss(density: Tensor, target: float) -> Tensor:
     rather than a solid (docs/evaluation.md, "Opaque IoU"). Fed points from
     `OccupancyGrid.interior_points`, this raises that inside to `target`. In log space: a cell at
     density 1 and one at 50 both get pushed (under the exp activation, equally hard on the raw
-    density), and the push stops at the target; it never lowers a density. Filling can only spread to cells already hidden: a cell between a hidden one
-    and the grid's face along some axis is hidden along it too.
+    density), and the push stops at the target; it never lowers a density. Filling can only spread
+    to cells already hidden: a cell between a hidden one and the grid's face along some axis is
+    hidden along it too.
     """
     return torch.relu(math.log(target) - torch.log(density.float().clamp_min(1e-6))).mean()
 
