@@ -34,7 +34,7 @@ from dreamfusion.loading import find_checkpoint
 from dreamfusion.provenance import git_commit, machine_info
 from dreamfusion.trainer import Trainer
 
-PHASES = ("render", "guidance", "backward", "optimizer", "occupancy")
+PHASES = ("render", "guidance", "backward", "optimizer", "occupancy", "interior")
 
 
 def bench(
