@@ -344,7 +344,7 @@ def test_interior_loss_values_and_its_push_only_raises_density():
     assert interior_loss(torch.zeros(3), 10.0).isfinite()  # an empty cell does not give inf
 
 
-def _interior_config(weight, start=None, ramp_steps=0):
+def _interior_config(weight, start=0.0, ramp_steps=0):
     cfg = _grid_config(steps=12)
     reg = dataclasses.replace(
         cfg.regularizers,

@@ -165,11 +165,11 @@ class RegularizerConfig:
     """Final weight of the interior loss (beyond the paper; 0 = off; needs render.occupancy_grid): it
     raises the density inside the body, which no render sees, to interior_density, so that the body is
     solid rather than a shell around speckle."""
-    interior_weight_start: float | None = None
-    """Weight of the interior loss at step 0 (None: the final weight); ramps linearly to it. A light
-    start leaves SDS free to carve through the initial blob (a torus's hole) before the inside fills."""
+    interior_weight_start: float = 0.0
+    """Weight of the interior loss at step 0; ramps linearly to the final weight. A light start leaves
+    SDS free to carve through the initial blob (a torus's hole) before the inside fills."""
     interior_ramp_steps: int = 0
-    """Steps over which the interior weight ramps up."""
+    """Steps over which the interior weight ramps up (0: the final weight from the first step)."""
     interior_density: float = 100.0
     """Density (world units) the interior loss raises hidden cells to."""
     interior_depth: float = 1.0
@@ -419,7 +419,7 @@ def validate_config(cfg: Config) -> None:
             "add --render.occupancy-grid or set --regularizers.interior-weight 0",
         ),
         (
-            (cfg.regularizers.interior_weight_start or 0.0) >= 0,
+            cfg.regularizers.interior_weight_start >= 0,
             f"regularizers.interior_weight_start must be >= 0 (got {cfg.regularizers.interior_weight_start})",
         ),
         (

@@ -164,7 +164,7 @@ class Trainer:
             self.device,
         )
         cameras = cameras.to(self.device)
-        orientation_w, opacity_w = self._regularizer_weights()
+        orientation_w, opacity_w, interior_w = self._regularizer_weights()
         need_normals = latent or shading != "albedo" or orientation_w > 0
         if self.occupancy is not None and self._occupancy_due():
             with timer("occupancy"):
@@ -233,7 +233,7 @@ class Trainer:
                 ("t", sds.timesteps.float().mean()),
             ):
                 sums[key] += share * value.detach().float()
-        sums["interior"] = self._interior_step(loss_finite)
+        sums["interior"] = self._interior_step(interior_w, loss_finite)
 
         with timer("optimizer"):
             lr = set_lr(self.optimizer, lr_factor(self.step, cfg.train.steps, cfg.optim))
@@ -248,17 +248,16 @@ class Trainer:
         shading = "latent" if latent else shading
         return {"step": self.step, **sums, "shading": shading, "lr": lr, "skipped": skipped, **extra}
 
-    def _interior_step(self, loss_finite: torch.Tensor) -> torch.Tensor:
-        """Backpropagate the interior loss at points hidden inside the body (none until the occupancy
-        grid's first refresh finds any); returns the loss, 0 when off. Flags a non-finite loss."""
+    def _interior_step(self, weight: float, loss_finite: torch.Tensor) -> torch.Tensor:
+        """Backpropagate `weight` (this step's, ramped) times the interior loss at points hidden inside
+        the body (none until the occupancy grid's first refresh finds any); returns the loss, 0 when
+        off. Flags a non-finite loss."""
         reg = self.cfg.regularizers
         if reg.interior_weight <= 0 or self.occupancy is None:
             return torch.zeros((), device=self.device)
         points = self.occupancy.interior_points(reg.interior_points, reg.interior_depth, self.device_gen)
         if points is None:
             return torch.zeros((), device=self.device)
-        start = reg.interior_weight if reg.interior_weight_start is None else reg.interior_weight_start
-        weight = ramp(self.step, start, reg.interior_weight, reg.interior_ramp_steps)
         with self.timer("interior"), self._autocast():
             loss = interior_loss(self.field.density(points), reg.interior_density)
             (weight * loss).backward()
@@ -276,11 +275,12 @@ class Trainer:
         seed = (self.cfg.train.seed * 1_000_003 + self.step) % 2**63
         return torch.Generator(self.device).manual_seed(seed)
 
-    def _regularizer_weights(self) -> tuple[float, float]:
+    def _regularizer_weights(self) -> tuple[float, float, float]:
         reg = self.cfg.regularizers
         return (
             ramp(self.step, reg.orientation_weight_start, reg.orientation_weight, reg.orientation_ramp_steps),
             ramp(self.step, reg.opacity_weight_start, reg.opacity_weight, reg.opacity_ramp_steps),
+            ramp(self.step, reg.interior_weight_start, reg.interior_weight, reg.interior_ramp_steps),
         )
 
     def _params(self) -> list[torch.nn.Parameter]:
