@@ -172,7 +172,8 @@ class PriorTrainer:
     def _timesteps(self, B: int) -> torch.Tensor:
         """(B,) long: a timestep_range_share of the batch from timestep_range, the rest from all of [0, T)."""
         T, (lo, hi), gen = self.model.cfg.num_train_timesteps, self.cfg.timestep_range, self.gen
-        low, high = round(lo * T), max(round(hi * T), round(lo * T) + 1)
+        low = round(lo * T)
+        high = max(round(hi * T), low + 1)
         ranged = torch.randint(low, high, (B,), generator=gen, device=self.device)
         if self.cfg.timestep_range_share >= 1.0:  # draws as runs made before the share existed
             return ranged
