@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -193,6 +194,23 @@ def test_parallel_workers_share_the_cores():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_parallel_runs_spread_over_every_gpu(monkeypatch):
+    """A plain --device cuda on a machine of several GPUs gives run i the GPU i mod count; a named
+    device, the CPU, or a single GPU keeps every run where it was asked."""
+    from dreamfusion.config import Config
+    from dreamfusion.eval.bench import BenchOptions, on_device, run_devices
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert run_devices("cuda") == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert run_devices("cuda:2") == ["cuda:2"] and run_devices("cpu") == ["cpu"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert run_devices("cuda") == ["cuda"]
+    options = BenchOptions(config=Config(), out=Path("out"), jobs=8)
+    moved = on_device(options, "cuda:3")
+    assert moved.config.train.device == "cuda:3" and options.config.train.device != "cuda:3"
+    assert moved.jobs == 8 and moved.config.train.steps == options.config.train.steps
 
 
 def test_a_run_that_fails_does_not_stop_the_others(tmp_path, capsys, monkeypatch):

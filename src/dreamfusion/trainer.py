@@ -107,6 +107,8 @@ class Trainer:
         self.cfg = cfg
         self.device = resolve_device(cfg.train.device)
         if self.device.type == "cuda":
+            if self.device.index is not None:  # CUDA graphs and streams follow the current device
+                torch.cuda.set_device(self.device)
             # The guidance's convolutions (a VAE, a U-Net) see the same shapes every step: let cuDNN
             # time its algorithms once and keep the fastest (the GPU benchmarks run so too).
             torch.backends.cudnn.benchmark = True

@@ -195,7 +195,9 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
     With `options.jobs` > 1, that many runs train at once, each in its own process: a small
     field and prior leave most of a GPU idle, so several runs share it at a higher total rate
     (six default-preset runs at once on an H100: 53 steps/s against 30 for one). Each run's
-    own seconds then count the sharing; the report says how many ran at once.
+    own seconds then count the sharing; the report says how many ran at once. Under a plain
+    `--device cuda` on a machine with several GPUs, run i trains on GPU i mod count
+    (`run_devices`), so the jobs share out evenly.
     """
     from dreamfusion.eval.bench_report import build_report, write_report
 
@@ -263,7 +265,11 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
     with concurrent.futures.ProcessPoolExecutor(
         options.jobs, mp_context=context, initializer=limit_threads, initargs=(threads,)
     ) as pool:
-        futures = {pool.submit(bench_run, run, quiet): i for i, run in enumerate(runs)}
+        devices = run_devices(options.config.train.device)
+        futures = {
+            pool.submit(bench_run, run, on_device(quiet, devices[i % len(devices)])): i
+            for i, run in enumerate(runs)
+        }
         try:
             for future in concurrent.futures.as_completed(futures):
                 outcome(futures[future], future.result)
@@ -272,6 +278,21 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
                 future.cancel()
             raise
     return check_failures()
+
+
+def run_devices(device: str) -> list[str]:
+    """The devices that parallel runs take in turn: every visible GPU for a plain "cuda" on a
+    machine with several, else the one device named."""
+    import torch
+
+    count = torch.cuda.device_count() if device == "cuda" else 0
+    return [f"cuda:{k}" for k in range(count)] if count > 1 else [device]
+
+
+def on_device(options: BenchOptions, device: str) -> BenchOptions:
+    """The options with training and scoring on `device`."""
+    train = dataclasses.replace(options.config.train, device=device)
+    return dataclasses.replace(options, config=dataclasses.replace(options.config, train=train))
 
 
 def worker_threads(jobs: int, cpus: int) -> int:

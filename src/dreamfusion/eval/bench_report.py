@@ -242,6 +242,8 @@ def markdown(report: dict, sheet: bool = True) -> str:
     """The report as markdown: provenance, targets, one row per run, seeds, time to quality."""
     s, m, ps = report["summary"], report["machine"], report["prompt_set"]
     machine = ", ".join(str(m[k]) for k in ("gpu", "platform") if k in m)
+    if m.get("gpu_count", 1) > 1:
+        machine = f"{m['gpu_count']} x {machine}"
     machine += f", {m['cpu_threads']} CPU threads, torch {m['torch']}"
     lines = [
         f"# Fidelity benchmark: prompt set {ps['name']} v{ps['version']}",
@@ -253,7 +255,9 @@ def markdown(report: dict, sheet: bool = True) -> str:
         f"the render level. {report['runs_done']}/{report['runs_total']} runs"
         + ("." if report["complete"] else " (incomplete: run the command again to resume).")
         + (
-            f" {report['jobs']} runs trained at once: each run's seconds count the sharing."
+            f" {report['jobs']} runs trained at once"
+            + (f" over {m['gpu_count']} GPUs" if m.get("gpu_count", 1) > 1 else "")
+            + ": each run's seconds count the sharing."
             if report.get("jobs", 1) > 1
             else ""
         ),
