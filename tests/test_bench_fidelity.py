@@ -197,8 +197,8 @@ def test_parallel_workers_share_the_cores():
 
 
 def test_parallel_runs_spread_over_every_gpu(monkeypatch):
-    """A plain --device cuda on a machine of several GPUs gives run i the GPU i mod count; a named
-    device, the CPU, or a single GPU keeps every run where it was asked."""
+    """A plain --device cuda on a machine of several GPUs gives worker k the GPU k mod count; a
+    named device, the CPU, or a single GPU keeps every run where it was asked."""
     from dreamfusion.config import Config
     from dreamfusion.eval.bench import BenchOptions, on_device, run_devices
 

@@ -196,8 +196,8 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
     field and prior leave most of a GPU idle, so several runs share it at a higher total rate
     (six default-preset runs at once on an H100: 53 steps/s against 30 for one). Each run's
     own seconds then count the sharing; the report says how many ran at once. Under a plain
-    `--device cuda` on a machine with several GPUs, run i trains on GPU i mod count
-    (`run_devices`), so the jobs share out evenly.
+    `--device cuda` on a machine with several GPUs, worker k keeps GPU k mod count for all its
+    runs (`run_devices`), so the jobs share the GPUs evenly and no worker holds memory on two.
     """
     from dreamfusion.eval.bench_report import build_report, write_report
 
@@ -262,14 +262,14 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
         ),
     )
     threads = worker_threads(options.jobs, os.cpu_count() or 1)
+    devices = run_devices(options.config.train.device)
+    worker_devices = context.Queue()
+    for k in range(options.jobs):
+        worker_devices.put(devices[k % len(devices)])
     with concurrent.futures.ProcessPoolExecutor(
-        options.jobs, mp_context=context, initializer=limit_threads, initargs=(threads,)
+        options.jobs, mp_context=context, initializer=init_worker, initargs=(threads, worker_devices)
     ) as pool:
-        devices = run_devices(options.config.train.device)
-        futures = {
-            pool.submit(bench_run, run, on_device(quiet, devices[i % len(devices)])): i
-            for i, run in enumerate(runs)
-        }
+        futures = {pool.submit(bench_run_in_worker, run, quiet): i for i, run in enumerate(runs)}
         try:
             for future in concurrent.futures.as_completed(futures):
                 outcome(futures[future], future.result)
@@ -281,7 +281,7 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
 
 
 def run_devices(device: str) -> list[str]:
-    """The devices that parallel runs take in turn: every visible GPU for a plain "cuda" on a
+    """The devices that parallel workers take in turn: every visible GPU for a plain "cuda" on a
     machine with several, else the one device named."""
     import torch
 
@@ -303,10 +303,32 @@ def worker_threads(jobs: int, cpus: int) -> int:
 
 
 def limit_threads(threads: int) -> None:
-    """Worker initializer: cap this process's intra-op threads."""
+    """Cap this process's intra-op threads."""
     import torch
 
     torch.set_num_threads(threads)
+
+
+_worker_device: str | None = None
+"""The device of this worker process (set by `init_worker`); None in the main process."""
+
+
+def init_worker(threads: int, devices) -> None:
+    """Worker initializer: cap the threads and take this worker's device from the queue `devices`.
+    A named GPU becomes the current one before anything touches CUDA, so the worker's context
+    and caches live on it alone."""
+    global _worker_device
+    import torch
+
+    limit_threads(threads)
+    _worker_device = devices.get()
+    if _worker_device.startswith("cuda:"):
+        torch.cuda.set_device(_worker_device)
+
+
+def bench_run_in_worker(run: BenchRun, options: BenchOptions) -> dict:
+    """`bench_run` on this worker's device."""
+    return bench_run(run, options if _worker_device is None else on_device(options, _worker_device))
 
 
 def run_config(run: BenchRun, options: BenchOptions) -> Config:
