@@ -41,16 +41,20 @@ def is_hashed(resolution: int, table_size: int) -> bool:
 @functools.cache
 def _level_constants(
     resolutions: tuple[int, ...], table_size: int, device: torch.device
-) -> tuple[Tensor, Tensor, int]:
-    """Resolutions (L, 1) as floats, dense levels' index strides (Ld, 3), and Ld, made once per device.
+) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Resolutions (L, 1) as floats, dense levels' index strides (Ld, 3), the hash primes (3, 1) and
+    Ld, made once per device.
 
     The coarse levels whose (r+1)^3 vertices fit the table come first (resolutions ascend): they
-    index a dense array by strides; the finer ones hash.
+    index a dense array by strides; the finer ones hash. Made here rather than in each call: a
+    tensor built from a list on the GPU is a copy from pageable memory, which waits for all queued
+    work (the CPU stops queueing ahead) and cannot be captured in a CUDA graph.
     """
     dense = [r for r in resolutions if not is_hashed(r, table_size)]
     strides = torch.tensor([(1, r + 1, (r + 1) ** 2) for r in dense], dtype=torch.long).reshape(-1, 3)
     res = torch.tensor(resolutions, dtype=torch.float32)[:, None]
-    return res.to(device), strides.to(device), len(dense)
+    primes = torch.tensor(HASH_PRIMES, dtype=torch.long)[:, None]
+    return res.to(device), strides.to(device), primes.to(device), len(dense)
 
 
 def trilinear_corners(
@@ -64,7 +68,7 @@ def trilinear_corners(
     with respect to the points; the indices are constant. All levels at once, a few dozen kernels
     whatever L: on a GPU, a loop over levels spends its time launching them.
     """
-    res, strides, dense = _level_constants(tuple(resolutions), table_size, unit_points.device)
+    res, strides, primes, dense = _level_constants(tuple(resolutions), table_size, unit_points.device)
     pos = unit_points[:, None, :] * res  # (N, L, 3) in grid units
     # A point on the far face (pos = resolution) belongs to the last cell, with fraction 1.
     lower = torch.minimum(pos.detach().floor().clamp_min(0), res - 1)
@@ -73,7 +77,7 @@ def trilinear_corners(
     # Dense levels sum their strided coordinates; hashed ones XOR the prime-scaled coordinates
     # and keep the low bits (table_size is a power of two).
     d = corner[:, :dense] * strides[..., None]
-    h = corner[:, dense:] * torch.tensor(HASH_PRIMES, device=corner.device)[:, None]
+    h = corner[:, dense:] * primes
     index = torch.cat(
         (
             d[:, :, 0, :, None, None] + d[:, :, 1, None, :, None] + d[:, :, 2, None, None, :],
