@@ -45,7 +45,6 @@ def bench(
     guidance: str | None,
     occupancy: str = "preset",
     field_from: Path | None = None,
-    train_graphs: bool = True,
 ) -> dict:
     cfg = resolve_config(preset, guidance=guidance, device=device)
     render = cfg.render
@@ -62,7 +61,6 @@ def bench(
             preview_every=0,
             checkpoint_every=10**9,
             profile=True,
-            cuda_graphs=cfg.train.cuda_graphs and train_graphs,
         ),
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,7 +117,6 @@ def bench(
         "field": cfg.field.kind,
         "field_from": str(field_from) if field_from is not None else None,
         "occupancy_grid": cfg.render.occupancy_grid,
-        "train_cuda_graphs": cfg.train.cuda_graphs,
         "samples_evaluated_share": sum(evaluated) / steps if None not in evaluated else None,
         "occupancy_update_seconds": update,
         "seconds_per_iteration": total,
@@ -149,25 +146,11 @@ def main() -> None:
     parser.add_argument(
         "--field-from", type=Path, default=None, help="start from this run's trained field (same preset)"
     )
-    parser.add_argument(
-        "--eager-training",
-        action="store_true",
-        help="run the interior loss's pass eagerly (train.cuda_graphs False) to see what its graph saves",
-    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/speed.json"))
     args = parser.parse_args()
 
     rows = [
-        bench(
-            p,
-            args.steps,
-            args.warmup,
-            args.device,
-            args.guidance,
-            args.occupancy,
-            args.field_from,
-            train_graphs=not args.eager_training,
-        )
+        bench(p, args.steps, args.warmup, args.device, args.guidance, args.occupancy, args.field_from)
         for p in args.presets
     ]
     report = {"machine": machine_info(), "commit": git_commit(), "steps": args.steps, "results": rows}

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from dreamfusion.graphs import GraphedForward, GraphedLoss
+from dreamfusion.graphs import GraphedForward
 
 
 def small_net(device: str) -> nn.Module:
@@ -78,52 +78,3 @@ def test_cuda_grad_mode_and_failed_capture_run_eagerly():
         out = fallback(x)
     torch.testing.assert_close(out, syncs(x))
     assert not fallback.enabled
-
-
-def interior_pair(device: str):
-    """Two identical default-preset fields, each inside an InteriorLoss (target 100)."""
-    import copy
-
-    from dreamfusion.fields import build_field
-    from dreamfusion.presets import default
-    from dreamfusion.regularizers import InteriorLoss
-
-    torch.manual_seed(0)
-    field = build_field(default().field).to(device)
-    return InteriorLoss(field, 100.0), InteriorLoss(copy.deepcopy(field), 100.0)
-
-
-def check_graphed_loss_matches_eager(device: str, steps: int = 4) -> GraphedLoss:
-    """GraphedLoss and the plain module give the same loss and parameter gradients, step after step,
-    while an optimizer changes the parameters in place and the points change."""
-    eager, twin = interior_pair(device)
-    graphed = GraphedLoss(twin, warmup=2)
-    opt_a = torch.optim.Adam(eager.parameters(), lr=1e-2)
-    opt_b = torch.optim.Adam(twin.parameters(), lr=1e-2)
-    for step in range(steps):
-        gen = torch.Generator(device).manual_seed(step)
-        points = (torch.rand(512, 3, device=device, generator=gen) - 0.5) * 0.6
-        for loss_fn, opt in ((eager, opt_a), (graphed, opt_b)):
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(points)
-            (3.0 * loss).backward()
-        torch.testing.assert_close(graphed(points).detach(), eager(points).detach())
-        for (name, a), b in zip(eager.named_parameters(), twin.parameters(), strict=True):
-            if a.grad is None:
-                assert b.grad is None or not b.grad.any(), name
-            else:
-                torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
-        opt_a.step()
-        opt_b.step()
-    return graphed
-
-
-def test_graphed_loss_is_the_module_on_cpu():
-    graphed = check_graphed_loss_matches_eager("cpu", steps=2)
-    assert graphed.graphed is None
-
-
-def test_cuda_graphed_loss_gradients_equal_eager():
-    cuda_or_skip()
-    graphed = check_graphed_loss_matches_eager("cuda")
-    assert graphed.graphed is not None and graphed.enabled

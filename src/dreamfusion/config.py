@@ -341,9 +341,6 @@ class TrainConfig:
     """Also write TensorBoard scalars (needs the tensorboard package)."""
     profile: bool = False
     """Synchronize the device around each phase so the logged timings are exact (slower on CUDA)."""
-    cuda_graphs: bool = True
-    """On CUDA, replay the fixed-shape training pass of the interior loss (forward and backward)
-    from CUDA graphs; it runs eagerly under a train.dtype other than float32."""
     preview_resolution: int = 64
     """Width and height of preview renders."""
 

@@ -12,11 +12,6 @@ graph's static buffers and the output out of it. Elsewhere, or when disabled, it
 The function must be pure on the GPU: no host synchronization, no randomness, no dependence on
 the inputs' values for control flow (the graph replays the kernels of the capture, whatever the
 values). If capture fails, the wrapper warns once and calls `fn` eagerly from then on.
-
-`GraphedLoss(module)` does the same for a trainable pass of fixed shapes (the interior loss's
-density at a fixed number of points): forward and backward are captured by
-`torch.cuda.make_graphed_callables`, and the gradients reach the module's parameters as an eager
-backward's would.
 """
 
 from __future__ import annotations
@@ -84,44 +79,6 @@ class GraphedForward:
                 torch.cuda.synchronize()
                 return self.fn(*args)
         return captured(args)
-
-
-class GraphedLoss:
-    """`module(x) -> scalar loss` with its forward and backward replayed from CUDA graphs.
-
-    On CUDA (when enabled), the first call captures both passes for that input's shape; later calls
-    copy the input in, replay, and let autograd accumulate the parameters' gradients from the
-    graph's static outputs. The module must be pure on the GPU (see the module docstring) and keep
-    its parameters' storage (optimizers and `load_state_dict` update them in place). Elsewhere, or
-    if capture fails (with one warning), it calls the module eagerly.
-    """
-
-    def __init__(self, module: nn.Module, enabled: bool = True, warmup: int = 3) -> None:
-        self.module = module
-        self.enabled = enabled
-        self.warmup = warmup
-        self.graphed: Callable[[Tensor], Tensor] | None = None
-        self.shape: tuple[int, ...] | None = None
-
-    def __call__(self, x: Tensor) -> Tensor:
-        if not (self.enabled and x.is_cuda and torch.is_grad_enabled()):
-            return self.module(x)
-        if self.graphed is None or self.shape != tuple(x.shape):
-            try:
-                self.graphed = torch.cuda.make_graphed_callables(
-                    self.module, (x.detach(),), num_warmup_iters=self.warmup, allow_unused_input=True
-                )
-                self.shape = tuple(x.shape)
-            except Exception as error:  # noqa: BLE001 - any capture failure falls back to eager
-                self.enabled = False
-                warnings.warn(
-                    f"CUDA graph capture of {type(self.module).__name__} failed ({type(error).__name__}: "
-                    f"{str(error)[:200]}); running it eagerly",
-                    stacklevel=2,
-                )
-                torch.cuda.synchronize()
-                return self.module(x)
-        return self.graphed(x.detach())
 
 
 def compile_by_default(setting: bool | None, device: torch.device) -> bool:

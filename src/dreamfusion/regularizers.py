@@ -75,16 +75,3 @@ def ramp(step: int, start: float, end: float, steps: int) -> float:
         return end
     fraction = min(max(step / steps, 0.0), 1.0)
     return start + (end - start) * fraction
-
-
-class InteriorLoss(torch.nn.Module):
-    """`interior_loss` of a field's density at the given points, as a module of the field's
-    parameters (so that `graphs.GraphedLoss` can replay its forward and backward)."""
-
-    def __init__(self, field: torch.nn.Module, target: float) -> None:
-        super().__init__()
-        self.field = field
-        self.target = target
-
-    def forward(self, points: Tensor) -> Tensor:
-        return interior_loss(self.field.density(points), self.target)

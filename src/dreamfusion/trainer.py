@@ -37,12 +37,11 @@ from dreamfusion.config import Config, to_dict, validate_config
 from dreamfusion.errors import UserError
 from dreamfusion.fields import build_background, build_field
 from dreamfusion.fields.background import ConstantBackground
-from dreamfusion.graphs import GraphedLoss
 from dreamfusion.guidance.base import Guidance, LatentGuidance
 from dreamfusion.occupancy import OccupancyGrid
 from dreamfusion.optim import build_optimizer, lr_factor, set_lr
 from dreamfusion.prompts import view_index, view_prompts
-from dreamfusion.regularizers import InteriorLoss, distortion_loss, opacity_loss, orientation_loss, ramp
+from dreamfusion.regularizers import distortion_loss, interior_loss, opacity_loss, orientation_loss, ramp
 from dreamfusion.renderer import render, render_views
 from dreamfusion.rendering import composite, normal_latent
 from dreamfusion.run_dir import RunDir, save_image_grid
@@ -99,7 +98,6 @@ class Trainer:
         validate_config(cfg)
         # Steps whose render is the guidance's latent (normal map and opacity, no VAE).
         self._latent_steps = round(cfg.guidance.latent_warmup * cfg.train.steps)
-        self._interior: GraphedLoss | None = None  # the interior loss's pass, built at its first step
         if self._latent_steps and not isinstance(guidance, LatentGuidance):
             raise UserError(
                 f"guidance.latent_warmup needs a latent model (stable-diffusion); '{cfg.guidance.name}' "
@@ -262,13 +260,8 @@ class Trainer:
         points = self.occupancy.interior_points(reg.interior_points, reg.interior_depth, self.device_gen)
         if points is None:
             return torch.zeros((), device=self.device)
-        if self._interior is None:
-            # One launch instead of hundreds for the hash grid's small ops; autocast's weight cache
-            # cannot be captured, so a reduced-precision run stays eager.
-            graphs = self.cfg.train.cuda_graphs and self.cfg.train.dtype == "float32"
-            self._interior = GraphedLoss(InteriorLoss(self.field, reg.interior_density), enabled=graphs)
         with self.timer("interior"), self._autocast():
-            loss = self._interior(points)
+            loss = interior_loss(self.field.density(points), reg.interior_density)
             (weight * loss).backward()
         loss_finite &= torch.isfinite(loss.detach())
         return loss.detach()
