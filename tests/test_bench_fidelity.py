@@ -92,6 +92,9 @@ def test_two_runs_write_the_report_then_resume_without_training(tmp_path, capsys
     assert [p["step"] for p in report["time_to_quality"]] == [0, 1, 2]
     targets = report["summary"]["targets"]
     assert len(targets) == 4 and targets[3]["met"] is None  # no fronted composite among these runs
+    shapes = sum(r["shape_correct"] for r in report["runs"])  # both runs are spheres: primitives
+    assert targets[1]["value"] == f"{shapes}/2" and targets[1]["met"] == (shapes == 2)
+    assert report["summary"]["primitives"]["shape_correct"] == shapes
 
     md = (out / "fidelity.md").read_text()
     assert report["command"] in md
