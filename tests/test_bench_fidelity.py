@@ -188,7 +188,7 @@ def test_runs_in_parallel_processes_give_the_same_report(tmp_path):
 
 def test_parallel_workers_share_the_cores():
     """--jobs N gives each worker an equal share of the cores (at least one), set in the worker."""
-    from dreamfusion.eval.bench import limit_threads, worker_threads
+    from dreamfusion.eval.workers import limit_threads, worker_threads
 
     assert worker_threads(2, 16) == 8 and worker_threads(16, 16) == 1 and worker_threads(21, 16) == 1
     before = torch.get_num_threads()
@@ -203,7 +203,8 @@ def test_parallel_runs_spread_over_every_gpu(monkeypatch):
     """A plain --device cuda on a machine of several GPUs gives worker k the GPU k mod count; a
     named device, the CPU, or a single GPU keeps every run where it was asked."""
     from dreamfusion.config import Config
-    from dreamfusion.eval.bench import BenchOptions, on_device, run_devices
+    from dreamfusion.eval.bench import BenchOptions, on_device
+    from dreamfusion.eval.workers import run_devices
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     assert run_devices("cuda") == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
@@ -214,6 +215,26 @@ def test_parallel_runs_spread_over_every_gpu(monkeypatch):
     moved = on_device(options, "cuda:3")
     assert moved.config.train.device == "cuda:3" and options.config.train.device != "cuda:3"
     assert moved.jobs == 8 and moved.config.train.steps == options.config.train.steps
+
+
+def test_a_worker_takes_one_device_from_the_queue(monkeypatch):
+    """init_worker caps the threads and keeps the next device of the queue as this worker's."""
+    import queue
+
+    from dreamfusion.eval import workers
+
+    monkeypatch.setattr(workers, "_device", None)
+    assert workers.worker_device() is None  # the main process has none
+    devices = queue.Queue()
+    for name in ("cpu", "cuda:1"):
+        devices.put(name)
+    before = torch.get_num_threads()
+    try:
+        workers.init_worker(1, devices)
+        assert workers.worker_device() == "cpu" and torch.get_num_threads() == 1
+        assert devices.get_nowait() == "cuda:1"  # one device taken, the next left for the next worker
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_run_that_fails_does_not_stop_the_others(tmp_path, capsys, monkeypatch):

@@ -21,8 +21,6 @@ import dataclasses
 import functools
 import json
 import math
-import multiprocessing
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -32,6 +30,7 @@ from pathlib import Path
 from dreamfusion.checkpoint import prune_checkpoints
 from dreamfusion.config import Config, to_dict
 from dreamfusion.errors import UserError
+from dreamfusion.eval.workers import worker_device, worker_pool
 from dreamfusion.run_dir import RESUMABLE_CHANGES, RunDir, flat_diff
 from dreamfusion.world import OBJECTS
 
@@ -195,9 +194,8 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
     With `options.jobs` > 1, that many runs train at once, each in its own process: a small
     field and prior leave most of a GPU idle, so several runs share it at a higher total rate
     (six default-preset runs at once on an H100: 53 steps/s against 30 for one). Each run's
-    own seconds then count the sharing; the report says how many ran at once. Under a plain
-    `--device cuda` on a machine with several GPUs, worker k keeps GPU k mod count for all its
-    runs (`run_devices`), so the jobs share the GPUs evenly and no worker holds memory on two.
+    own seconds then count the sharing; the report says how many ran at once. On a machine with
+    several GPUs, a plain `--device cuda` gives each worker one of them (`workers.worker_pool`).
     """
     from dreamfusion.eval.bench_report import build_report, write_report
 
@@ -253,22 +251,13 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
         for i, run in enumerate(runs):
             outcome(i, functools.partial(bench_run, run, options))
         return check_failures()
-    # Workers start fresh interpreters (spawn): CUDA cannot be used in a forked child.
-    context = multiprocessing.get_context("spawn")
     quiet = dataclasses.replace(
         options,
         config=dataclasses.replace(
             options.config, train=dataclasses.replace(options.config.train, progress=False)
         ),
     )
-    threads = worker_threads(options.jobs, os.cpu_count() or 1)
-    devices = run_devices(options.config.train.device)
-    worker_devices = context.Queue()
-    for k in range(options.jobs):
-        worker_devices.put(devices[k % len(devices)])
-    with concurrent.futures.ProcessPoolExecutor(
-        options.jobs, mp_context=context, initializer=init_worker, initargs=(threads, worker_devices)
-    ) as pool:
+    with worker_pool(options.jobs, options.config.train.device) as pool:
         futures = {pool.submit(bench_run_in_worker, run, quiet): i for i, run in enumerate(runs)}
         try:
             for future in concurrent.futures.as_completed(futures):
@@ -280,55 +269,16 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
     return check_failures()
 
 
-def run_devices(device: str) -> list[str]:
-    """The devices that parallel workers take in turn: every visible GPU for a plain "cuda" on a
-    machine with several, else the one device named."""
-    import torch
-
-    count = torch.cuda.device_count() if device == "cuda" else 0
-    return [f"cuda:{k}" for k in range(count)] if count > 1 else [device]
-
-
 def on_device(options: BenchOptions, device: str) -> BenchOptions:
     """The options with training and scoring on `device`."""
     train = dataclasses.replace(options.config.train, device=device)
     return dataclasses.replace(options, config=dataclasses.replace(options.config, train=train))
 
 
-def worker_threads(jobs: int, cpus: int) -> int:
-    """CPU threads for each of `jobs` workers: an equal share of the cores, at least one. Left to
-    PyTorch, every worker takes all the cores, and scoring (meshing, Chamfer, resampling) in 16
-    workers at once on 16 cores ran 16 x 16 threads and finished nothing in 10 minutes."""
-    return max(1, cpus // jobs)
-
-
-def limit_threads(threads: int) -> None:
-    """Cap this process's intra-op threads."""
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-_worker_device: str | None = None
-"""The device of this worker process (set by `init_worker`); None in the main process."""
-
-
-def init_worker(threads: int, devices) -> None:
-    """Worker initializer: cap the threads and take this worker's device from the queue `devices`.
-    A named GPU becomes the current one before anything touches CUDA, so the worker's context
-    and caches live on it alone."""
-    global _worker_device
-    import torch
-
-    limit_threads(threads)
-    _worker_device = devices.get()
-    if _worker_device.startswith("cuda:"):
-        torch.cuda.set_device(_worker_device)
-
-
 def bench_run_in_worker(run: BenchRun, options: BenchOptions) -> dict:
-    """`bench_run` on this worker's device."""
-    return bench_run(run, options if _worker_device is None else on_device(options, _worker_device))
+    """`bench_run` on this worker's device (`workers.worker_pool`)."""
+    device = worker_device()
+    return bench_run(run, options if device is None else on_device(options, device))
 
 
 def run_config(run: BenchRun, options: BenchOptions) -> Config:
