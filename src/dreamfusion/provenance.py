@@ -21,8 +21,9 @@ def machine_info(**extra: str) -> dict[str, object]:
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
-        if torch.cuda.device_count() > 1:
-            info["gpu_count"] = torch.cuda.device_count()
+        count = torch.cuda.device_count()
+        if count > 1:
+            info["gpu_count"] = count
     return info
 
 

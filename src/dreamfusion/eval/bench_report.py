@@ -49,10 +49,14 @@ def summarize(records: list[dict]) -> dict:
     """Means per group (primitives, composites, all), counts, and each target with whether it is met."""
     primitives = [r for r in records if r["object"] in PRIMITIVES]
     fronted = [r for r in records if "front_correct" in r]
+    groups = {
+        "all": _group(records),
+        "primitives": _group(primitives),
+        "composites": _group([r for r in records if r["object"] not in PRIMITIVES]),
+    }
     n = len(records)
-    shapes = sum(r["shape_correct"] for r in records)
-    primitive_shapes = sum(r["shape_correct"] for r in primitives)
-    colors = sum(r["color_correct"] for r in records)
+    shapes, colors = groups["all"]["shape_correct"], groups["all"]["color_correct"]
+    primitive_shapes = groups["primitives"]["shape_correct"]
     fronts = sum(r["front_correct"] for r in fronted)
     prim_iou = _mean(r["iou"] for r in primitives)
     front_share = fronts / len(fronted) if fronted else None
@@ -78,11 +82,8 @@ def summarize(records: list[dict]) -> dict:
     ranges = [s["iou_range"] for s in spread if s["iou_range"] is not None]
     return {
         "runs": n,
-        "all": _group(records),
-        "primitives": _group(primitives),
-        "composites": _group([r for r in records if r["object"] not in PRIMITIVES]),
+        **groups,
         "shape_identified": shapes,
-        "primitive_shape_identified": primitive_shapes,
         "color_nearest": colors,
         "fronted_runs": len(fronted),
         "front_right": fronts,
@@ -250,8 +251,9 @@ def markdown(report: dict, sheet: bool = True) -> str:
     """The report as markdown: provenance, targets, one row per run, seeds, time to quality."""
     s, m, ps = report["summary"], report["machine"], report["prompt_set"]
     machine = ", ".join(str(m[k]) for k in ("gpu", "platform") if k in m)
-    if m.get("gpu_count", 1) > 1:
-        machine = f"{m['gpu_count']} x {machine}"
+    gpus = m.get("gpu_count", 1)
+    if gpus > 1:
+        machine = f"{gpus} x {machine}"
     machine += f", {m['cpu_threads']} CPU threads, torch {m['torch']}"
     lines = [
         f"# Fidelity benchmark: prompt set {ps['name']} v{ps['version']}",
@@ -264,7 +266,7 @@ def markdown(report: dict, sheet: bool = True) -> str:
         + ("." if report["complete"] else " (incomplete: run the command again to resume).")
         + (
             f" {report['jobs']} runs trained at once"
-            + (f" over {m['gpu_count']} GPUs" if m.get("gpu_count", 1) > 1 else "")
+            + (f" over {gpus} GPUs" if gpus > 1 else "")
             + ": each run's seconds count the sharing."
             if report.get("jobs", 1) > 1
             else ""
@@ -297,8 +299,8 @@ def markdown(report: dict, sheet: bool = True) -> str:
         lines.append(
             f"| {name} | {g['runs']} | {cell(g['mean_iou'])} | {cell(g['min_iou'])} | "
             f"{cell(g['mean_scaled_iou'])} | {cell(g['mean_initial_iou'])} | {cell(g['mean_support_iou'])} | "
-            f"{cell(g.get('mean_opaque_iou'))} | {g.get('shape_correct', '-')}/{g['runs']} | "
-            f"{g.get('color_correct', '-')}/{g['runs']} | {g['support_shape_correct']}/{g['runs']} | "
+            f"{cell(g.get('mean_opaque_iou'))} | {g['shape_correct']}/{g['runs']} | "
+            f"{g['color_correct']}/{g['runs']} | {g['support_shape_correct']}/{g['runs']} | "
             f"{cell(g['mean_chamfer'], 4)} | "
             f"{cell(g['mean_color_error'])} |"
         )
