@@ -233,6 +233,32 @@ def test_missing_packaged_weights_is_a_user_error(monkeypatch, tmp_path):
         load_bundled(cfg, SDSConfig(), torch.device("cpu"))
 
 
+def test_the_packaged_high_noise_expert_loads_by_name_with_its_checksum(monkeypatch, tmp_path):
+    import dreamfusion.guidance.bundled as bundled
+    from dreamfusion.weights import HIGH_NOISE_PRIOR_PATH, PRIOR_PATH
+
+    if not (PRIOR_PATH.is_file() and HIGH_NOISE_PRIOR_PATH.is_file()):
+        pytest.skip("the packaged priors are not installed")
+    guidance = dataclasses.replace(tiny_config_guidance(), high_noise_model="bundled")
+    loaded = load_bundled(guidance, SDSConfig(), torch.device("cpu"))
+    assert isinstance(loaded.model, Experts) and loaded.model.cut == 600
+    low, high = load_prior(PRIOR_PATH), load_prior(HIGH_NOISE_PRIOR_PATH)
+    pairs = zip(low.state_dict().values(), high.state_dict().values(), strict=True)
+    assert any(not torch.equal(a, b) for a, b in pairs)  # two different priors, not one twice
+    # Corrupted or missing, it is one line that says what to do.
+    damaged = tmp_path / "prior_high_noise.safetensors"
+    damaged.write_bytes(HIGH_NOISE_PRIOR_PATH.read_bytes()[:-1] + b"x")
+    (tmp_path / "prior_high_noise.safetensors.sha256").write_text(
+        HIGH_NOISE_PRIOR_PATH.with_name("prior_high_noise.safetensors.sha256").read_text()
+    )
+    monkeypatch.setattr(bundled, "HIGH_NOISE_PRIOR_PATH", damaged)
+    with pytest.raises(UserError, match="high-noise-model .*checksum mismatch"):
+        load_bundled(guidance, SDSConfig(), torch.device("cpu"))
+    monkeypatch.setattr(bundled, "HIGH_NOISE_PRIOR_PATH", tmp_path / "gone.safetensors")
+    with pytest.raises(UserError, match="high-noise expert's weights are not installed.*reinstall"):
+        load_bundled(guidance, SDSConfig(), torch.device("cpu"))
+
+
 def tiny_config_guidance():
     from dreamfusion.config import GuidanceConfig
 

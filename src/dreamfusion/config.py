@@ -216,7 +216,8 @@ class GuidanceConfig:
     "any shading"; without it, textureless-looking white objects also satisfy a color prompt."""
     high_noise_model: str | None = None
     """bundled: a second prior (.safetensors) that denoises from `high_noise_from` up, the first one
-    below (`prior.experts.Experts`): e.g. a fine-tune that learned the azimuth at high noise."""
+    below (`prior.experts.Experts`), or "bundled" for the one in the package: a fine-tune that
+    learned the azimuth at high noise (docs/results/experts_bias_warmup_h100x4/)."""
     high_noise_from: float = 0.6
     """bundled: first timestep of `high_noise_model`, as a fraction of the schedule."""
     target_shape: Literal["sphere"] = "sphere"

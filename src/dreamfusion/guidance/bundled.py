@@ -33,7 +33,7 @@ from dreamfusion.prior.model import PriorModel, expected_sha256, load_prior, sha
 from dreamfusion.prior.text import TextStates
 from dreamfusion.prior.unet import camera_input
 from dreamfusion.shading import SHADING_MODES
-from dreamfusion.weights import PRIOR_PATH
+from dreamfusion.weights import HIGH_NOISE_PRIOR_PATH, PRIOR_PATH
 
 
 @dataclass
@@ -143,32 +143,47 @@ class BundledGuidance:
 
 
 def load_bundled(cfg: GuidanceConfig, sds_cfg: SDSConfig, device: torch.device) -> BundledGuidance:
-    """The bundled prior from `cfg.model` (a .safetensors file) or the weights in the package."""
+    """The bundled prior from `cfg.model` (a .safetensors file) or the weights in the package; with
+    `cfg.high_noise_model` (a file, or "bundled" for the packaged expert) a pair of experts."""
     if cfg.model:
         path = Path(cfg.model).expanduser()
         if not path.is_file():
             raise UserError(f"--guidance.model {cfg.model}: no such prior weights file (a .safetensors file)")
     else:
-        path = PRIOR_PATH
-        if not path.is_file():
-            raise UserError(
-                f"the bundled prior's weights are not installed (no {path}); train them with "
-                "`dreamfusion prior train --preset bundled --device cuda --out runs/prior` and pass "
-                "--guidance.model runs/prior/prior.safetensors, or use another --guidance"
-            )
-        if expected_sha256(path) is None:  # the packaged file is always checked
-            raise UserError(
-                f"the bundled prior's checksum file {sha256_sidecar(path)} is missing; reinstall the package"
-            )
+        path = _packaged(
+            PRIOR_PATH,
+            "the bundled prior",
+            "train them with `dreamfusion prior train --preset bundled --device cuda --out runs/prior` "
+            "and pass --guidance.model runs/prior/prior.safetensors, or use another --guidance",
+        )
     model = load_prior(path, device)
     if cfg.high_noise_model:
         from dreamfusion.prior.experts import Experts
 
-        high = Path(cfg.high_noise_model).expanduser()
-        if not high.is_file():
-            raise UserError(f"--guidance.high-noise-model {high}: no such prior weights file")
+        if cfg.high_noise_model == "bundled":
+            high = _packaged(
+                HIGH_NOISE_PRIOR_PATH,
+                "the bundled high-noise expert",
+                "reinstall the package, or pass a prior's .safetensors file to --guidance.high-noise-model",
+            )
+        else:
+            high = Path(cfg.high_noise_model).expanduser()
+            if not high.is_file():
+                raise UserError(
+                    f"--guidance.high-noise-model {high}: no such prior weights file "
+                    "(a .safetensors file, or 'bundled' for the one in the package)"
+                )
         try:
             model = Experts(model, load_prior(high, device), cfg.high_noise_from)
         except ValueError as e:
             raise UserError(f"--guidance.high-noise-model {high}: {e}") from None
     return BundledGuidance(model, sds_cfg, cfg.dtype, cfg.shading_aware, cfg.cuda_graphs)
+
+
+def _packaged(path: Path, what: str, fix: str) -> Path:
+    """A weights file shipped in the package, present and with its checksum beside it."""
+    if not path.is_file():
+        raise UserError(f"{what}'s weights are not installed (no {path}); {fix}")
+    if expected_sha256(path) is None:  # the packaged files are always checked
+        raise UserError(f"{what}'s checksum file {sha256_sidecar(path)} is missing; reinstall the package")
+    return path
