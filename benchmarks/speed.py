@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py --presets cpu default --steps 20 --device cpu --out speed.json
     python benchmarks/speed.py --presets cpu --occupancy on --field-from outputs/red-sphere
+    python benchmarks/speed.py --presets cpu --high-noise-model bundled   # with the high-noise expert
 
 Each preset runs `--warmup` untimed steps, then `--steps` timed ones (with the device synchronized
 around each phase), past the albedo-only warm-up so lit renders (which need normals) are included.
@@ -45,8 +46,13 @@ def bench(
     guidance: str | None,
     occupancy: str = "preset",
     field_from: Path | None = None,
+    high_noise_model: str | None = None,
 ) -> dict:
     cfg = resolve_config(preset, guidance=guidance, device=device)
+    if high_noise_model is not None:
+        cfg = dataclasses.replace(
+            cfg, guidance=dataclasses.replace(cfg.guidance, high_noise_model=high_noise_model)
+        )
     render = cfg.render
     if occupancy != "preset":
         render = dataclasses.replace(render, occupancy_grid=occupancy == "on", occupancy_warmup_steps=0)
@@ -110,6 +116,7 @@ def bench(
     return {
         "preset": preset,
         "guidance": cfg.guidance.name,
+        "high_noise_model": cfg.guidance.high_noise_model,
         "device": device,
         "resolution": cfg.camera.resolution,
         "samples_per_ray": cfg.render.samples_per_ray,
@@ -146,11 +153,25 @@ def main() -> None:
     parser.add_argument(
         "--field-from", type=Path, default=None, help="start from this run's trained field (same preset)"
     )
+    parser.add_argument(
+        "--high-noise-model",
+        default=None,
+        help="bundled guidance: a high-noise expert beside the prior ('bundled' for the packaged one)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/speed.json"))
     args = parser.parse_args()
 
     rows = [
-        bench(p, args.steps, args.warmup, args.device, args.guidance, args.occupancy, args.field_from)
+        bench(
+            p,
+            args.steps,
+            args.warmup,
+            args.device,
+            args.guidance,
+            args.occupancy,
+            args.field_from,
+            args.high_noise_model,
+        )
         for p in args.presets
     ]
     report = {"machine": machine_info(), "commit": git_commit(), "steps": args.steps, "results": rows}
