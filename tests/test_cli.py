@@ -75,6 +75,10 @@ def test_generate_smoke_end_to_end_through_the_installed_command(tmp_path):
         ),
         (["generate", "a mug", "--preset", "smoke", "--render.samples-per-ray", "-1"], "samples per ray"),
         (["generate", "a", "ceramic", "mug"], "in quotes"),
+        (
+            ["generate", "a mug", "--preset", "smoke", "--guidance.high-noise-model", "bundled"],
+            "does nothing for --guidance closed-form",
+        ),
     ],
 )
 def test_bad_input_gets_one_line_and_writes_nothing(tmp_path, capsys, argv, message):

@@ -435,6 +435,11 @@ def validate_config(cfg: Config) -> None:
             0.0 <= cfg.render.occupancy_decay <= 1.0,
             f"render.occupancy_decay must lie in [0, 1] (got {cfg.render.occupancy_decay})",
         ),
+        (
+            not cfg.guidance.high_noise_model or cfg.guidance.name == "bundled",
+            f"guidance.high_noise_model pairs bundled priors and does nothing for --guidance "
+            f"{cfg.guidance.name}: drop --guidance.high-noise-model or use --guidance bundled",
+        ),
     ]
     for ok, message in checks:
         if not ok:
