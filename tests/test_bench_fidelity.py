@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,27 @@ def test_two_runs_write_the_report_then_resume_without_training(tmp_path, capsys
     assert main(["bench", "fidelity", *TINY, "--out", str(out), "--render.samples-per-ray", "8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "render.samples_per_ray" in err[0]
+
+
+def test_scored_runs_carried_without_their_checkpoints_are_read_back(tmp_path, capsys):
+    if not PRIOR_PATH.is_file():
+        pytest.skip(f"the bundled prior's weights are not installed ({PRIOR_PATH})")
+    out = tmp_path / "bench"
+    assert main(["bench", "fidelity", *TINY, "--out", str(out)]) == 0
+    first = _report(out)
+    for run in first["runs"]:  # what a results folder carried without its weights looks like
+        shutil.rmtree(out / run["run_dir"] / "checkpoints")
+    assert main(["bench", "fidelity", *TINY, "--out", str(out)]) == 0
+    again = _report(out)
+    assert [(r["trained_now"], r["scored_now"]) for r in again["runs"]] == [(False, False)] * 2
+    assert [r["iou"] for r in again["runs"]] == [r["iou"] for r in first["runs"]]
+    # Scored at another grid, nothing can be scored again: one line, not a retrain.
+    capsys.readouterr()
+    at = TINY.index("--resolution") + 1
+    other = [*TINY[:at], "24", *TINY[at + 1 :]]
+    assert main(["bench", "fidelity", *other, "--out", str(out)]) != 0
+    err = capsys.readouterr().err
+    assert "no checkpoint left" in err and not (out / first["runs"][0]["run_dir"] / "checkpoints").exists()
 
 
 def test_a_run_resumes_where_it_stopped_and_a_finished_one_is_not_trained(tmp_path, tiny):

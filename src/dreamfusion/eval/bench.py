@@ -11,7 +11,8 @@ fidelity.md and contact_sheet.png.
 Resumable at every level: a run whose newest checkpoint reached the step count is scored without
 training; a run cut off mid-training resumes from its checkpoint; a run already scored at its
 newest checkpoint with the same settings is read back from RUN/fidelity_score.json. Once a run
-is scored only its newest checkpoint is kept (unless `keep_checkpoints`).
+is scored only its newest checkpoint is kept (unless `keep_checkpoints`); a finished, scored run
+whose checkpoints were deleted (results carried to another machine without them) is read back too.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dreamfusion.checkpoint import prune_checkpoints
+from dreamfusion.checkpoint import checkpoint_path, prune_checkpoints
 from dreamfusion.config import Config, to_dict
 from dreamfusion.errors import UserError
 from dreamfusion.eval.workers import worker_device, worker_pool
@@ -328,6 +329,8 @@ def train_run(run: BenchRun, cfg: Config, run_dir: Path) -> bool:
                 f"{run_dir} holds a run with other settings ({', '.join(changed)}); "
                 "use the same preset and overrides, or another --out"
             )
+        if latest is None and _final_score_kept(run_dir, cfg.train.steps):
+            return False  # finished and scored, then its checkpoints were deleted: read back
         if latest is None:  # cut off before its first checkpoint: nothing to resume
             shutil.rmtree(run_dir)
     elif latest is not None:
@@ -345,6 +348,15 @@ def train_run(run: BenchRun, cfg: Config, run_dir: Path) -> bool:
     return True
 
 
+def _final_score_kept(run_dir: Path, steps: int) -> bool:
+    """Whether RUN/SCORE_FILE holds a score of the run's final checkpoint."""
+    try:
+        saved = json.loads((run_dir / SCORE_FILE).read_text())
+        return saved["key"]["checkpoint"] == checkpoint_path(Path(), steps).name
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def _step_of(checkpoint: Path) -> int:
     return int(checkpoint.stem.split("_")[1])  # step_0001000.safetensors
 
@@ -355,8 +367,9 @@ def score_run(run: BenchRun, options: BenchOptions, run_dir: Path) -> dict:
     from dreamfusion.eval.contact_sheet import render_row, row_size
 
     latest = RunDir(run_dir).latest_checkpoint()
+    final = checkpoint_path(Path(), options.config.train.steps).name  # a run here has finished
     key = {
-        "checkpoint": latest.name if latest else None,
+        "checkpoint": latest.name if latest else final,
         "object": run.prompt.object,
         "color": run.prompt.color,
         "resolution": options.resolution,
@@ -371,6 +384,11 @@ def score_run(run: BenchRun, options: BenchOptions, run_dir: Path) -> dict:
         except (OSError, ValueError, KeyError):
             record = None
     scored = record is None
+    if latest is None and (scored or row_size(frames) != options.frame_size):
+        raise UserError(
+            f"{run_dir} has no checkpoint left and no score or frames for these settings; "
+            "delete it to train it again, or use the settings it was scored with"
+        )
     if scored:
         record = _score(run, options, run_dir)
         cache.write_text(json.dumps({"key": key, "record": record}, indent=1))
