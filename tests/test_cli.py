@@ -1,5 +1,6 @@
 """The command line: a smoke run end to end, and one clear line for every bad input."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -58,6 +59,22 @@ def test_generate_smoke_end_to_end_through_the_installed_command(tmp_path):
     assert (out / "config.json").is_file() and (out / "metrics.jsonl").is_file()
     assert list((out / "checkpoints").glob("step_*.safetensors"))
     assert (out / "previews" / "final.png").is_file()
+
+
+def test_another_guidance_drops_a_presets_high_noise_expert():
+    from dreamfusion.api import resolve_config
+    from dreamfusion.config import validate_config
+    from dreamfusion.presets import smoke
+
+    cfg = smoke()
+    paired = dataclasses.replace(
+        cfg, guidance=dataclasses.replace(cfg.guidance, name="bundled", high_noise_model="bundled")
+    )
+    assert resolve_config(config=paired).guidance.high_noise_model == "bundled"
+    assert resolve_config(config=paired, guidance="bundled").guidance.high_noise_model == "bundled"
+    switched = resolve_config(config=paired, guidance="closed-form")
+    assert switched.guidance.name == "closed-form" and switched.guidance.high_noise_model is None
+    validate_config(switched)  # runs, rather than refusing an expert the user never asked for
 
 
 @pytest.mark.parametrize(

@@ -106,7 +106,10 @@ def resolve_config(
         train = dataclasses.replace(train, device=device)
     config = dataclasses.replace(config, train=train)
     if guidance is not None:
-        config = dataclasses.replace(config, guidance=dataclasses.replace(config.guidance, name=guidance))
+        chosen = dataclasses.replace(config.guidance, name=guidance)
+        if guidance != "bundled":  # a preset's high-noise expert pairs bundled priors only
+            chosen = dataclasses.replace(chosen, high_noise_model=None)
+        config = dataclasses.replace(config, guidance=chosen)
     if config.guidance.name not in GUIDANCE_BACKENDS:
         raise UserError(
             f"unknown guidance '{config.guidance.name}'; choose one of: {', '.join(GUIDANCE_BACKENDS)}"
