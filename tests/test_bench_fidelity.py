@@ -64,12 +64,17 @@ def _report(out):
     return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in fidelity.json"))
 
 
-def test_two_runs_write_the_report_then_resume_without_training(tmp_path, capsys):
+def _tiny_bench(tmp_path):
+    """The two-run benchmark on the bundled prior, run once: its folder and report."""
     if not PRIOR_PATH.is_file():
         pytest.skip(f"the bundled prior's weights are not installed ({PRIOR_PATH})")
     out = tmp_path / "bench"
     assert main(["bench", "fidelity", *TINY, "--out", str(out)]) == 0
-    report = _report(out)
+    return out, _report(out)
+
+
+def test_two_runs_write_the_report_then_resume_without_training(tmp_path, capsys):
+    out, report = _tiny_bench(tmp_path)
     for key in ("command", "commit", "machine", "prompt_set", "summary", "time_to_quality", "runs"):
         assert key in report
     assert report["complete"] and report["runs_done"] == report["runs_total"] == 2
@@ -123,11 +128,7 @@ def test_two_runs_write_the_report_then_resume_without_training(tmp_path, capsys
 
 
 def test_scored_runs_carried_without_their_checkpoints_are_read_back(tmp_path, capsys):
-    if not PRIOR_PATH.is_file():
-        pytest.skip(f"the bundled prior's weights are not installed ({PRIOR_PATH})")
-    out = tmp_path / "bench"
-    assert main(["bench", "fidelity", *TINY, "--out", str(out)]) == 0
-    first = _report(out)
+    out, first = _tiny_bench(tmp_path)
     for run in first["runs"]:  # what a results folder carried without its weights looks like
         shutil.rmtree(out / run["run_dir"] / "checkpoints")
     assert main(["bench", "fidelity", *TINY, "--out", str(out)]) == 0
