@@ -348,13 +348,20 @@ def train_run(run: BenchRun, cfg: Config, run_dir: Path) -> bool:
     return True
 
 
-def _final_score_kept(run_dir: Path, steps: int) -> bool:
-    """Whether RUN/SCORE_FILE holds a score of the run's final checkpoint."""
+def _saved_score(run_dir: Path) -> dict | None:
+    """RUN/SCORE_FILE ({"key": ..., "record": ...}), or None when it is missing or unreadable."""
     try:
         saved = json.loads((run_dir / SCORE_FILE).read_text())
-        return saved["key"]["checkpoint"] == checkpoint_path(Path(), steps).name
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+    except (OSError, ValueError):
+        return None
+    whole = isinstance(saved, dict) and isinstance(saved.get("key"), dict) and "record" in saved
+    return saved if whole else None
+
+
+def _final_score_kept(run_dir: Path, steps: int) -> bool:
+    """Whether RUN/SCORE_FILE holds a score of the run's final checkpoint."""
+    saved = _saved_score(run_dir)
+    return saved is not None and saved["key"].get("checkpoint") == checkpoint_path(Path(), steps).name
 
 
 def _step_of(checkpoint: Path) -> int:
@@ -376,13 +383,8 @@ def score_run(run: BenchRun, options: BenchOptions, run_dir: Path) -> dict:
         "mesh": options.mesh,
     }
     cache, frames = run_dir / SCORE_FILE, run_dir / FRAMES_FILE
-    record = None
-    if cache.is_file():
-        try:
-            saved = json.loads(cache.read_text())
-            record = saved["record"] if saved.get("key") == key else None
-        except (OSError, ValueError, KeyError):
-            record = None
+    saved = _saved_score(run_dir)
+    record = saved["record"] if saved is not None and saved["key"] == key else None
     scored = record is None
     if latest is None and (scored or row_size(frames) != options.frame_size):
         raise UserError(
