@@ -3,6 +3,7 @@
     python benchmarks/speed.py --presets cpu default --steps 20 --device cpu --out speed.json
     python benchmarks/speed.py --presets cpu --occupancy on --field-from outputs/red-sphere
     python benchmarks/speed.py --presets cpu --high-noise-model bundled   # with the high-noise expert
+    python benchmarks/speed.py --presets default --high-noise-model none   # without it
 
 Each preset runs `--warmup` untimed steps, then `--steps` timed ones (with the device synchronized
 around each phase), past the albedo-only warm-up so lit renders (which need normals) are included.
@@ -50,9 +51,8 @@ def bench(
 ) -> dict:
     cfg = resolve_config(preset, guidance=guidance, device=device)
     if high_noise_model is not None:
-        cfg = dataclasses.replace(
-            cfg, guidance=dataclasses.replace(cfg.guidance, high_noise_model=high_noise_model)
-        )
+        expert = None if high_noise_model == "none" else high_noise_model
+        cfg = dataclasses.replace(cfg, guidance=dataclasses.replace(cfg.guidance, high_noise_model=expert))
     render = cfg.render
     if occupancy != "preset":
         render = dataclasses.replace(render, occupancy_grid=occupancy == "on", occupancy_warmup_steps=0)
@@ -156,7 +156,8 @@ def main() -> None:
     parser.add_argument(
         "--high-noise-model",
         default=None,
-        help="bundled guidance: a high-noise expert beside the prior ('bundled' for the packaged one)",
+        help="bundled guidance: a high-noise expert beside the prior ('bundled' for the packaged one, "
+        "'none' for the prior alone); default: as the preset says",
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/speed.json"))
     args = parser.parse_args()
