@@ -12,7 +12,8 @@ view prompts exactly as training scores them (the default preset's CFG, t range 
 `--shading` and `--guidance-scale` change the render's shading and the CFG).
 `--turn DEG` makes the decoy the object itself turned DEG degrees about +z: does the prior know
 which way the object faces under the camera it is given (a cube at 45 degrees, a house at 180)?
-`--distance-range` / `--focal-range` narrow the cameras; `--model` scores other prior weights.
+`--distance-range` / `--focal-range` narrow the cameras; `--model` scores other prior weights,
+`--high-noise-model` / `--high-noise-from` another high-noise expert (the preset's by default).
 Reports the mean SDS gradient norm per image at the truth, at the decoy, and their ratio
 (truth / decoy: below 1 means the prior prefers the truth). Writes JSON and prints a table.
 """
@@ -67,6 +68,13 @@ def measure(name: str, args: argparse.Namespace, camera: dict) -> dict:
         cfg = dataclasses.replace(cfg, sds=dataclasses.replace(cfg.sds, guidance_scale=args.guidance_scale))
     if args.model is not None:
         cfg = dataclasses.replace(cfg, guidance=dataclasses.replace(cfg.guidance, model=str(args.model)))
+    if args.high_noise_model is not None:
+        expert = None if args.high_noise_model == "none" else args.high_noise_model
+        cfg = dataclasses.replace(cfg, guidance=dataclasses.replace(cfg.guidance, high_noise_model=expert))
+    if args.high_noise_from is not None:
+        cfg = dataclasses.replace(
+            cfg, guidance=dataclasses.replace(cfg.guidance, high_noise_from=args.high_noise_from)
+        )
     cfg = dataclasses.replace(cfg, camera=dataclasses.replace(cfg.camera, **camera))
     guidance = load_bundled(cfg.guidance, cfg.sds, device)
     cameras = sample_cameras(args.views, cfg.camera, torch.Generator().manual_seed(args.seed))
@@ -117,6 +125,17 @@ def main() -> None:
         "--turn", type=float, default=None, help="decoy: the object itself turned this many degrees about +z"
     )
     parser.add_argument("--model", type=Path, default=None, help="prior weights (default: the shipped ones)")
+    parser.add_argument(
+        "--high-noise-model",
+        default=None,
+        help="the high-noise expert: 'bundled', a .safetensors path, or 'none' (default: the preset's)",
+    )
+    parser.add_argument(
+        "--high-noise-from",
+        type=float,
+        default=None,
+        help="the expert's first timestep, a fraction (default: the preset's)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/prior_truth_sds.json"))
     args = parser.parse_args()
     camera = {}
@@ -136,6 +155,8 @@ def main() -> None:
         "camera": camera,
         "turn": args.turn,
         "model": str(args.model) if args.model else None,
+        "high_noise_model": args.high_noise_model,
+        "high_noise_from": args.high_noise_from,
         "settings": dataclasses.asdict(resolve_config("default", device=args.device).sds),
         "results": rows,
     }
