@@ -262,8 +262,9 @@ class GuidanceConfig:
     minute or two of compiling at the first steps (less once PyTorch has cached it), faster after. None: on
     CUDA only. If compiling fails, the model runs eagerly, with a warning."""
     channels_last: bool = False
-    """stable-diffusion, deepfloyd-if: keep the U-Net (and VAE) in channels_last memory format, which
-    recent NVIDIA GPUs run faster in float16; see benchmarks/guidance_gpu.py."""
+    """stable-diffusion, deepfloyd-if: keep the U-Net in channels_last memory format, which recent NVIDIA
+    GPUs run faster in float16. SD's VAE encoder stays channels-first: channels_last made its forward and
+    backward slower on an H100, eager and compiled (benchmarks/guidance_gpu.py)."""
     latent_warmup: float = 0.0
     """stable-diffusion: fraction of training (0 to 1) in which the render is the latent itself, not
     encoded by the VAE (Latent-NeRF; stable-dreamfusion's latent_iter_ratio): the normal map's colors

@@ -68,8 +68,6 @@ class StableDiffusionGuidance:
         self.model = frozen_unet(unet, scheduler, cfg)
         self.vae = vae.requires_grad_(False).eval()
         self.device = next(unet.parameters()).device
-        if cfg.channels_last:
-            self.vae.to(memory_format=torch.channels_last)
         if compile_by_default(cfg.compile, self.device):
             # The encoder runs forward and backward every step (the U-Net only forward): compiling
             # it fuses its GroupNorm + SiLU pairs in both directions.
@@ -103,8 +101,6 @@ class StableDiffusionGuidance:
         """
         x = F.interpolate(images, size=(self.image_size,) * 2, mode="bilinear", align_corners=False)
         x = x * 2.0 - 1.0
-        if self.cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         posterior = self.vae.encode(x.to(self.vae.dtype)).latent_dist
         return (posterior.mean.float() - self.shift) * self.scaling
 
