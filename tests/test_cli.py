@@ -77,13 +77,14 @@ def test_another_guidance_drops_a_presets_high_noise_expert():
     validate_config(switched)  # runs, rather than refusing an expert the user never asked for
 
 
-def test_the_default_preset_pairs_the_packaged_expert_unless_guidance_changes():
+@pytest.mark.parametrize("preset", ["default", "cpu"])
+def test_the_presets_pair_the_packaged_expert_unless_guidance_changes(preset):
     from dreamfusion.api import resolve_config
     from dreamfusion.config import validate_config
 
-    assert resolve_config("default", device="cpu").guidance.high_noise_model == "bundled"
+    assert resolve_config(preset, device="cpu").guidance.high_noise_model == "bundled"
     for other in ("stable-diffusion", "deepfloyd-if", "closed-form"):
-        cfg = resolve_config("default", guidance=other, device="cpu")
+        cfg = resolve_config(preset, guidance=other, device="cpu")
         assert cfg.guidance.name == other and cfg.guidance.high_noise_model is None
         validate_config(cfg)
 
