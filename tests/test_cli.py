@@ -77,6 +77,45 @@ def test_another_guidance_drops_a_presets_high_noise_expert():
     validate_config(switched)  # runs, rather than refusing an expert the user never asked for
 
 
+def test_a_prior_of_ones_own_is_distilled_alone_unless_an_expert_is_named(tmp_path, capsys):
+    """The presets' expert is a fine-tune of the packaged prior: `--model` / `--guidance.model` drop it
+    (a 16x16 prior could not even pair with it), `--guidance.high-noise-model` keeps one."""
+    import json
+
+    from dreamfusion.prior.model import PriorModel, save_prior
+    from dreamfusion.prior.recipes import tiny
+
+    own = tmp_path / "own.safetensors"
+    torch.manual_seed(0)
+    save_prior(PriorModel(tiny().model), own)
+
+    def expert(*flags: str):
+        assert main(["config", "--preset", "cpu", *flags]) == 0
+        return json.loads(capsys.readouterr().out)["guidance"]["high_noise_model"]
+
+    assert expert() == "bundled"
+    assert expert("--guidance.model", str(own)) is None
+    assert expert("--guidance.model", str(own), "--guidance.high-noise-model", str(own)) == str(own)
+    assert expert("--guidance.model", str(own), "--guidance.high-noise-model=bundled") == "bundled"
+
+    out = tmp_path / "run"
+    args = [
+        "generate",
+        "a red cube",
+        "--preset",
+        "cpu",
+        "--model",
+        str(own),
+        "--steps",
+        "1",
+        "--out",
+        str(out),
+    ]
+    assert main([*args, "--no-mesh", "--no-video", "--quiet"]) == 0
+    saved = json.loads((out / "config.json").read_text())["config"]["guidance"]
+    assert saved["model"] == str(own) and saved["high_noise_model"] is None
+
+
 @pytest.mark.parametrize("preset", ["default", "cpu"])
 def test_the_presets_pair_the_packaged_expert_unless_guidance_changes(preset):
     from dreamfusion.api import resolve_config

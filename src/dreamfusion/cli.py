@@ -142,7 +142,20 @@ def apply_overrides(cfg, extra: list[str], prog: str):
 
     from dreamfusion.config import Config
 
-    return tyro.cli(Config, default=cfg, args=extra, prog=prog)
+    parsed = tyro.cli(Config, default=cfg, args=extra, prog=prog)
+    if parsed.guidance.model != cfg.guidance.model:
+        parsed = own_prior(parsed, extra)
+    return parsed
+
+
+def own_prior(cfg, extra: list[str]):
+    """A prior of the user's own (`--guidance.model`, `--model`) is distilled alone: the presets'
+    high-noise expert is a fine-tune of the packaged prior, so it stays only when named
+    (`--guidance.high-noise-model`)."""
+    named = {"--guidance.high-noise-model", "--guidance.high_noise_model"}
+    if any(flag.split("=", 1)[0] in named for flag in extra):
+        return cfg
+    return dataclasses.replace(cfg, guidance=dataclasses.replace(cfg.guidance, high_noise_model=None))
 
 
 def _generate(args: argparse.Namespace, extra: list[str]) -> int:
@@ -155,7 +168,9 @@ def _generate(args: argparse.Namespace, extra: list[str]) -> int:
     cfg = resolve_config(preset, args.steps, args.seed, args.guidance, device)
     cfg = apply_overrides(cfg, extra, "dreamfusion generate PROMPT")
     if args.model is not None:
-        cfg = dataclasses.replace(cfg, guidance=dataclasses.replace(cfg.guidance, model=args.model))
+        cfg = own_prior(
+            dataclasses.replace(cfg, guidance=dataclasses.replace(cfg.guidance, model=args.model)), extra
+        )
     result = generate(
         args.prompt,
         out=args.out,

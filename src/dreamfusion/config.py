@@ -217,7 +217,9 @@ class GuidanceConfig:
     high_noise_model: str | None = None
     """bundled: a second prior (.safetensors) that denoises from `high_noise_from` up, the first one
     below (`prior.experts.Experts`), or "bundled" for the one in the package: a fine-tune that
-    learned the azimuth at high noise (docs/results/experts_bias_warmup_h100x4/)."""
+    learned the azimuth at high noise (docs/results/fidelity_h100x4_expert/). The `cpu` and `default`
+    presets take "bundled"; on the command line a prior of your own (`--guidance.model`) drops it
+    unless this flag is given too, and None runs the first prior alone."""
     high_noise_from: float = 0.6
     """bundled: first timestep of `high_noise_model`, as a fraction of the schedule."""
     target_shape: Literal["sphere"] = "sphere"
