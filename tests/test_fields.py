@@ -361,3 +361,13 @@ def test_hash_encoding_on_cuda_equals_cpu():
     torch.testing.assert_close(grad_g, grad_c, rtol=1e-4, atol=1e-4)
     for a, b in zip(tables_g, tables_c, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+
+
+def test_constant_background_is_its_color_and_saves_nothing():
+    background = ConstantBackground((0.2, 0.4, 0.6))
+    assert background.state_dict() == {}  # checkpoints of a constant background stay empty
+    directions = torch.randn(2, 5, 3, dtype=torch.float64)
+    colors = background(directions)
+    assert colors.shape == (2, 5, 3) and colors.dtype == torch.float64
+    expected = torch.tensor([0.2, 0.4, 0.6]).to(torch.float64)  # the color as float32, as renders use it
+    assert torch.equal(colors, expected.expand(2, 5, 3))

@@ -128,7 +128,7 @@ class Trainer:
             torch.manual_seed(cfg.train.seed)
             self.field = build_field(cfg.field).to(self.device)
             self.background = build_background(cfg.background).to(self.device)
-        self._black = ConstantBackground((0.0, 0.0, 0.0))
+        self._black = ConstantBackground((0.0, 0.0, 0.0)).to(self.device)
         self.occupancy: OccupancyGrid | None = None
         if cfg.render.occupancy_grid:
             self.occupancy = OccupancyGrid(
