@@ -202,6 +202,35 @@ def test_render_through_an_updated_grid_is_close_to_the_render_without():
         torch.testing.assert_close(grads[name], plain_grads[name], atol=1e-6, rtol=1e-3)
 
 
+@pytest.mark.parametrize("with_grid", [True, False])
+def test_evaluating_every_sample_and_zeroing_the_skipped_equals_gathering(monkeypatch, with_grid):
+    """The CUDA path for mostly occupied grids (no host wait), forced here on the CPU: the same
+    images, per-sample normals and gradients as evaluating only the kept samples."""
+    import dreamfusion.renderer as renderer
+
+    sphere = MovableSphere()
+    grid = grid_of(sphere) if with_grid else None
+    gathered, gathered_grads = _loss_and_grads(sphere, grid)
+    monkeypatch.setattr(renderer, "_evaluate_all", lambda flat, occupancy: True)
+    everything, grads = _loss_and_grads(sphere, grid)
+    assert everything.samples_evaluated == 2 * RES * RES * SAMPLES
+    assert gathered.samples_evaluated < (0.3 if with_grid else 1.01) * everything.samples_evaluated
+    for name in ("image", "alpha", "depth", "normal", "weights", "sample_normals"):
+        torch.testing.assert_close(getattr(everything, name), getattr(gathered, name), atol=1e-6, rtol=0)
+    for name in gathered_grads:
+        assert gathered_grads[name].abs().sum() > 0, name
+        torch.testing.assert_close(grads[name], gathered_grads[name], atol=1e-7, rtol=1e-5)
+
+
+def test_the_grid_keeps_its_occupied_share_on_the_host_at_each_refresh():
+    sphere = MovableSphere()
+    grid = OccupancyGrid(BOUND, 32)
+    assert grid.share == 1.0  # before the first reading every cell counts as occupied
+    grid.update(sphere, torch.Generator().manual_seed(0))
+    assert 0.0 < grid.share < 0.5
+    assert grid.share == pytest.approx(float(grid.occupied_fraction()))
+
+
 def test_chunked_render_through_a_grid_equals_unchunked():
     sphere = MovableSphere()
     grid = grid_of(sphere)

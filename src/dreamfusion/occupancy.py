@@ -67,6 +67,8 @@ class OccupancyGrid(nn.Module):
             raise ValueError(f"occupancy grid threshold must be >= 0, got {threshold}")
         self.bound_radius = float(bound_radius)
         self.resolution = resolution
+        self.share = 1.0
+        """Share of the sphere's cells occupied at the last refresh (1.0 before the first), on the host."""
         self.threshold = threshold
         self.decay = decay
         self.chunk = chunk
@@ -123,6 +125,8 @@ class OccupancyGrid(nn.Module):
         mask[cells] |= ~mask.any()
         self.mask.copy_(mask.view_as(self.mask))
         self._interior = None
+        # Read once per refresh (a wait for the device), so renders can choose their path without one.
+        self.share = float(self.occupied_fraction())
 
     def _jittered(self, cells: Tensor, generator: torch.Generator | None) -> Tensor:
         """(K,) flat cell indices -> (K, 3) one uniform random point in each of those cells."""

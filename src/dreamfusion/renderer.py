@@ -77,6 +77,22 @@ def _scatter(values: Tensor, index: Tensor, n: int) -> Tensor:
     return out.index_copy(0, index, values.float())
 
 
+DENSE_SHARE = 0.9
+"""On CUDA, with at least this share of the grid's cells occupied, the field is evaluated at every
+sample and the skipped ones are zeroed: skipping would save little, and finding which samples to
+keep (`nonzero`) makes the host wait for the device in every render."""
+
+
+def _evaluate_all(flat: Tensor, occupancy: OccupancyGrid | None) -> bool:
+    return flat.is_cuda and (occupancy is None or occupancy.share >= DENSE_SHARE)
+
+
+def _mask(values: Tensor, keep: Tensor) -> Tensor:
+    """(n, ...) values, float32, zeroed where `keep` (n,) is False; differentiable."""
+    values = values.float()
+    return torch.where(keep.reshape(-1, *[1] * (values.dim() - 1)), values, values.new_zeros(()))
+
+
 def _render_chunk(
     field: Field,
     background: Background,
@@ -101,12 +117,15 @@ def _render_chunk(
     keep = (deltas > 0).reshape(-1)
     if occupancy is not None:
         keep = keep & occupancy.occupied(flat)
-    index = keep.nonzero()[:, 0]  # (k,)
-    if len(index) == 0:
-        # Still one sample, so that the image keeps a graph to the field (and fields need not
-        # accept empty input). Evaluating a sample is never less exact than skipping it.
-        index = torch.zeros(1, dtype=torch.long, device=flat.device)
-    subset = flat.index_select(0, index)  # (k, 3)
+    index = None
+    subset = flat
+    if not _evaluate_all(flat, occupancy):
+        index = keep.nonzero()[:, 0]  # (k,): the host waits for the device here
+        if len(index) == 0:
+            # Still one sample, so that the image keeps a graph to the field (and fields need not
+            # accept empty input). Evaluating a sample is never less exact than skipping it.
+            index = torch.zeros(1, dtype=torch.long, device=flat.device)
+        subset = flat.index_select(0, index)  # (k, 3)
 
     # Normals are the gradient of density w.r.t. the points, so the field must be evaluated with
     # grad on even for no-grad previews; the graph is kept (create_graph) only when the caller
@@ -117,7 +136,7 @@ def _render_chunk(
         if compute_normals:
             subset = subset.detach().requires_grad_(True)
         density, albedo = field(subset)
-        _check_field_output(density, albedo, len(index))
+        _check_field_output(density, albedo, len(subset))
         sample_normals = None
         if compute_normals:
             sample_normals = normals_from_density(density, subset, create_graph=building_graph)
@@ -126,10 +145,13 @@ def _render_chunk(
 
     # Composite in float32 even when the field ran under autocast: a cumulative sum of optical
     # depth in bfloat16 loses the transmittance of all but the first few samples.
-    density = _scatter(density, index, r * n).reshape(r, n)
-    albedo = _scatter(albedo, index, r * n).reshape(r, n, 3)
+    def place(values: Tensor) -> Tensor:  # (k, ...) -> (r * n, ...) float32, 0 at skipped samples
+        return _mask(values, keep) if index is None else _scatter(values, index, r * n)
+
+    density = place(density).reshape(r, n)
+    albedo = place(albedo).reshape(r, n, 3)
     if sample_normals is not None:
-        sample_normals = _scatter(sample_normals, index, r * n).reshape(r, n, 3)
+        sample_normals = place(sample_normals).reshape(r, n, 3)
 
     colors = shade(shading, albedo, sample_normals, points, light[:, None, :], shading_cfg)  # (r, N, 3)
     weights, _, _ = compute_weights(density, deltas)
@@ -146,7 +168,7 @@ def _render_chunk(
     else:
         normal = torch.zeros_like(rgb)
     depth = expected_depth(weights, t_mid)  # (r,)
-    return _Chunk(color, alpha, depth, normal, weights, sample_normals, evaluated=len(index))
+    return _Chunk(color, alpha, depth, normal, weights, sample_normals, evaluated=len(subset))
 
 
 def _cat_optional(tensors: list[Tensor | None]) -> Tensor | None:
