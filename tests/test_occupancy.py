@@ -182,11 +182,16 @@ def test_render_through_a_conservative_grid_matches_the_render_without():
     skipped, grads = _loss_and_grads(sphere, conservative_grid(sphere, margin=0.2))
     assert skipped.samples_evaluated < 0.5 * plain.samples_evaluated
     # Per-sample normals differ where skipped (zero there, not the field's), but those weigh nothing.
-    for name in ("image", "alpha", "depth", "normal", "weights"):
-        torch.testing.assert_close(getattr(skipped, name), getattr(plain, name), atol=1e-6, rtol=0)
-    for name in plain_grads:
-        assert plain_grads[name].abs().sum() > 0, name
-        torch.testing.assert_close(grads[name], plain_grads[name], atol=1e-7, rtol=1e-5)
+    _assert_same_render(skipped, grads, plain, plain_grads, ("image", "alpha", "depth", "normal", "weights"))
+
+
+def _assert_same_render(out, grads, reference, reference_grads, names):
+    """The outputs `names` within 1e-6, and every parameter's (nonzero) gradient within 1e-5."""
+    for name in names:
+        torch.testing.assert_close(getattr(out, name), getattr(reference, name), atol=1e-6, rtol=0)
+    for name in reference_grads:
+        assert reference_grads[name].abs().sum() > 0, name
+        torch.testing.assert_close(grads[name], reference_grads[name], atol=1e-7, rtol=1e-5)
 
 
 def test_render_through_an_updated_grid_is_close_to_the_render_without():
@@ -215,11 +220,8 @@ def test_evaluating_every_sample_and_zeroing_the_skipped_equals_gathering(monkey
     everything, grads = _loss_and_grads(sphere, grid)
     assert everything.samples_evaluated == 2 * RES * RES * SAMPLES
     assert gathered.samples_evaluated < (0.3 if with_grid else 1.01) * everything.samples_evaluated
-    for name in ("image", "alpha", "depth", "normal", "weights", "sample_normals"):
-        torch.testing.assert_close(getattr(everything, name), getattr(gathered, name), atol=1e-6, rtol=0)
-    for name in gathered_grads:
-        assert gathered_grads[name].abs().sum() > 0, name
-        torch.testing.assert_close(grads[name], gathered_grads[name], atol=1e-7, rtol=1e-5)
+    names = ("image", "alpha", "depth", "normal", "weights", "sample_normals")
+    _assert_same_render(everything, grads, gathered, gathered_grads, names)
 
 
 def test_the_grid_keeps_its_occupied_share_on_the_host_at_each_refresh():
