@@ -35,10 +35,9 @@ class ConstantBackground(nn.Module):
 
     def __init__(self, color: tuple[float, float, float]):
         super().__init__()
-        self.color = tuple(float(c) for c in color)
         # A buffer that moves with the module: a color built from Python at every call is copied to
         # the GPU from pageable memory, and the host waits for the GPU at each such copy.
-        self.register_buffer("rgb", torch.tensor(self.color), persistent=False)
+        self.register_buffer("rgb", torch.tensor([float(c) for c in color]), persistent=False)
 
     def forward(self, directions: Tensor) -> Tensor:
         """(..., 3) directions -> (..., 3) copies of the color, on the input's device and dtype."""
