@@ -21,13 +21,14 @@ from dreamfusion.config import (
 
 
 def _bundled_world(cfg: Config, guidance_scale: float = 7.5) -> Config:
-    """Distill from the bundled prior under the camera range it was trained on (views from below
-    included, with their "bottom view" suffix), over random solid backgrounds."""
+    """Distill from the bundled prior, paired with its packaged high-noise expert, under the camera
+    range it was trained on (views from below included, with their "bottom view" suffix), over
+    random solid backgrounds."""
     return dataclasses.replace(
         cfg,
         camera=dataclasses.replace(cfg.camera, elevation_range=(-45.0, 90.0), bottom_view_below=-20.0),
         background=dataclasses.replace(cfg.background, kind="random"),
-        guidance=dataclasses.replace(cfg.guidance, name="bundled"),
+        guidance=dataclasses.replace(cfg.guidance, name="bundled", high_noise_model="bundled"),
         sds=dataclasses.replace(cfg.sds, guidance_scale=guidance_scale),
     )
 
@@ -69,7 +70,7 @@ def default() -> Config:
     # primitives 0.809 against 0.791, shape 42/42 against 41/42, fronts 6/8 against 4/8, composites
     # 0.57 against 0.48 (chairs 0.44 against 0.14, houses 0.77 against 0.62); only capsules lost
     # (0.874 against 0.890) (docs/results/fidelity_h100x4_expert/).
-    cfg = _bundled_world(
+    return _bundled_world(
         Config(
             field=FieldConfig(density_activation="exp", blob_density=7.0, blob_radius=0.2, density_bias=-2.0),
             render=RenderConfig(occupancy_grid=True),
@@ -82,7 +83,6 @@ def default() -> Config:
         ),
         guidance_scale=20.0,
     )
-    return dataclasses.replace(cfg, guidance=dataclasses.replace(cfg.guidance, high_noise_model="bundled"))
 
 
 def paper() -> Config:
@@ -157,7 +157,7 @@ def cpu() -> Config:
     # The packaged high-noise expert (session 11, seed 0, without -> with): red cube 0.743 -> 0.812
     # (opaque 0.761 -> 0.883), orange torus 0.791 -> 0.796; "a red sphere" 0.935, the main job in
     # 8 min 46 s with mesh and turntable, about 0.03 s more a step (docs/results/cpu_expert/).
-    cfg = _bundled_world(
+    return _bundled_world(
         Config(
             field=FieldConfig(
                 kind="hashgrid",
@@ -185,7 +185,6 @@ def cpu() -> Config:
             train=TrainConfig(steps=1200, checkpoint_every=200, preview_every=400),
         )
     )
-    return dataclasses.replace(cfg, guidance=dataclasses.replace(cfg.guidance, high_noise_model="bundled"))
 
 
 def smoke() -> Config:
