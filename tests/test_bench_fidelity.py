@@ -13,7 +13,7 @@ from dreamfusion.cli import main
 from dreamfusion.errors import UserError
 from dreamfusion.eval.bench import BenchRun, Prompt, load_prompt_set, select_runs, train_run
 from dreamfusion.weights import PRIOR_PATH
-from dreamfusion.world import COLORS, COMPOSITES, OBJECTS, PRIMITIVES, caption
+from dreamfusion.world import COLORS, COMPOSITES, OBJECTS, PRIMITIVES, WORLD_VERSION, caption
 
 TINY = [
     "--preset", "smoke", "--guidance", "bundled", "--steps", "2", "--checkpoint-every", "1",
@@ -34,7 +34,7 @@ NUMBERS = (
 
 def test_prompt_set_covers_every_primitive_in_three_colors_and_every_composite():
     prompt_set = load_prompt_set()
-    assert (prompt_set.name, prompt_set.version) == ("fidelity", 1)
+    assert (prompt_set.name, prompt_set.version) == ("fidelity", 2)
     assert len(prompt_set.seeds) >= 2 and len(set(prompt_set.seeds)) == len(prompt_set.seeds)
     colors = {name: set() for name in OBJECTS}
     for p in prompt_set.prompts:
@@ -46,8 +46,15 @@ def test_prompt_set_covers_every_primitive_in_three_colors_and_every_composite()
     assert len({(p.object, p.color) for p in prompt_set.prompts}) == len(prompt_set.prompts)
 
 
+def test_a_prompt_set_for_another_world_is_refused():
+    # fidelity-v1 scored the square house of world 1; its numbers cannot be reproduced on world 2.
+    with pytest.raises(UserError, match=f"is for world 1, but this package's world is {WORLD_VERSION}"):
+        load_prompt_set("fidelity-v1")
+    assert load_prompt_set().version == 2
+
+
 def test_runs_go_seed_by_seed_and_subsets_select():
-    prompt_set = load_prompt_set("fidelity-v1")
+    prompt_set = load_prompt_set("fidelity-v2")
     runs = select_runs(prompt_set)
     assert len(runs) == len(prompt_set.prompts) * len(prompt_set.seeds)
     assert [r.seed for r in runs[: len(prompt_set.prompts)]] == [prompt_set.seeds[0]] * len(
@@ -78,7 +85,7 @@ def test_two_runs_write_the_report_then_resume_without_training(tmp_path, capsys
     for key in ("command", "commit", "machine", "prompt_set", "summary", "time_to_quality", "runs"):
         assert key in report
     assert report["complete"] and report["runs_done"] == report["runs_total"] == 2
-    assert report["prompt_set"] == {"name": "fidelity", "version": 1, "seeds": [0, 1]}
+    assert report["prompt_set"] == {"name": "fidelity", "version": 2, "world": WORLD_VERSION, "seeds": [0, 1]}
     assert "--only sphere --seeds 0 --limit 2" in report["command"]
     first, second = report["runs"]
     assert (first["prompt"], second["prompt"]) == ("a green sphere", "a blue sphere")

@@ -20,7 +20,7 @@ from dreamfusion.eval.classifier import (
     train_classifier,
 )
 from dreamfusion.eval.fidelity import evaluate_run
-from dreamfusion.eval.front import front_consistency, front_rule, rotate_z
+from dreamfusion.eval.front import front_consistency, front_rule, rotate_z, two_fronts_rule
 from dreamfusion.eval.geometry import (
     DENSITY_LEVEL,
     aligned_iou,
@@ -203,11 +203,12 @@ def test_chamfer_distance_of_a_true_and_of_an_inflated_sphere_mesh():
 # --- Fronts ---
 
 
-def test_front_rule_by_hand():
-    assert front_rule({0: 0.9, 90: 0.5, 180: 0.5, 270: 0.5}) == (0, True, False, pytest.approx(0.4))
-    # The 180 degree copy scores 0.75: strength 0.25 >= half of 0.4 -> two fronts.
-    assert front_rule({0: 0.9, 90: 0.5, 180: 0.75, 270: 0.5})[1:3] == (True, True)
-    assert front_rule({0: 0.5, 90: 0.5, 180: 0.9, 270: 0.5})[:3] == (180, False, False)
+def test_front_and_two_fronts_rules_by_hand():
+    assert front_rule({0: 0.9, 90: 0.5, 180: 0.5, 270: 0.5}) == (0, True, pytest.approx(0.4))
+    assert front_rule({0: 0.5, 90: 0.5, 180: 0.9, 270: 0.5}) == (180, False, pytest.approx(-0.4))
+    assert front_rule({0: 0.9, 90: 0.5, 180: 0.9, 270: 0.5})[1] is False  # a tie is not a front
+    assert not two_fronts_rule({"best": 0.9, "opposite": 0.2, "both": 0.6})
+    assert two_fronts_rule({"best": 0.6, "opposite": 0.5, "both": 0.9})
 
 
 @pytest.mark.parametrize(
@@ -224,6 +225,17 @@ def test_front_consistency_of_turned_and_janus_houses(rotations, best, correct, 
     result = front_consistency(TruthField(house, rotations), house, resolution=48)
     assert (result.best, result.correct, result.two_fronts) == (best, correct, two)
     assert result.region_points > 100
+
+
+@pytest.mark.parametrize("name", ["house", "duck"])
+def test_an_object_long_in_x_is_not_two_faced_for_its_silhouette(name):
+    # Half turned, the house and the duck keep most of their outline: the old strength rule
+    # called the truth itself two-faced. A featureless copy (no door, no beak) has no front at all.
+    obj = OBJECTS[name]
+    truth = front_consistency(TruthField(obj, eps=1e-5), obj, resolution=48)
+    assert truth.correct and not truth.two_fronts
+    assert truth.janus_scores["best"] == pytest.approx(1.0)
+    assert truth.janus_scores["both"] < 1.0
 
 
 def test_front_consistency_refuses_an_object_without_a_front():

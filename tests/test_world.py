@@ -30,7 +30,7 @@ from dreamfusion.world import (
     with_view,
     world_view_index,
 )
-from dreamfusion.world.colors import CARROT, COAL
+from dreamfusion.world.colors import CARROT, COAL, CREAM, DARK_WOOD
 from dreamfusion.world.sdf import cone, cut_sphere, pyramid
 from dreamfusion.world.table import PartTable
 
@@ -265,11 +265,20 @@ def test_albedo_takes_a_per_point_color():
     assert cube.albedo(torch.zeros(1, 3)).tolist() == [list(map(pytest.approx, COLORS["white"]))]
 
 
-def test_house_door_and_chair_back():
+def test_house_door_gable_and_chair_back():
     house, chair = OBJECTS["house"], OBJECTS["chair"]
-    door = house.albedo(torch.tensor([[0.3, 0.0, -0.24]]))
-    wall = house.albedo(torch.tensor([[-0.27, 0.0, -0.24]]))
-    assert not torch.allclose(door, wall)
+    door, frame, back = house.albedo(
+        torch.tensor([[0.335, 0.0, -0.2], [0.33, 0.075, -0.2], [-0.31, 0.0, -0.2]])
+    )
+    assert door.tolist() == list(map(pytest.approx, DARK_WOOD))
+    assert frame.tolist() == list(map(pytest.approx, CREAM))
+    assert back.tolist() == list(map(pytest.approx, COLORS["red"]))
+    # Deeper than wide, ridge along x: a quarter turn changes the silhouette, not only the door.
+    assert house.occupancy(torch.tensor([[0.3, 0.0, -0.1], [0.0, 0.3, -0.1], [0.25, 0.0, 0.2]])).tolist() == [
+        True,
+        False,
+        True,
+    ]
     assert chair.occupancy(torch.tensor([[-0.19, 0.0, 0.3], [0.19, 0.0, 0.3]])).tolist() == [True, False]
 
 

@@ -33,10 +33,10 @@ from dreamfusion.config import Config, to_dict
 from dreamfusion.errors import UserError
 from dreamfusion.eval.workers import worker_device, worker_pool
 from dreamfusion.run_dir import RESUMABLE_CHANGES, RunDir, flat_diff
-from dreamfusion.world import OBJECTS
+from dreamfusion.world import OBJECTS, WORLD_VERSION
 
 PROMPT_SETS = Path(__file__).parent / "prompt_sets"
-DEFAULT_PROMPT_SET = "fidelity-v1"
+DEFAULT_PROMPT_SET = "fidelity-v2"
 SCORE_FILE = "fidelity_score.json"
 """RUN/SCORE_FILE caches a run's record, keyed by the checkpoint and settings it was scored with."""
 FRAMES_FILE = "fidelity_frames.png"
@@ -76,7 +76,8 @@ class BenchRun:
 
 
 def load_prompt_set(name: str = DEFAULT_PROMPT_SET) -> PromptSet:
-    """A packaged set by name (e.g. "fidelity-v1") or a .json file. UserError when unreadable."""
+    """A packaged set by name (e.g. "fidelity-v2") or a .json file. UserError when unreadable, or
+    when it was written for another version of the world (a set without "world" is for world 1)."""
     path = Path(name) if name.endswith(".json") else PROMPT_SETS / f"{name}.json"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PROMPT_SETS.glob("*.json")))
@@ -90,6 +91,13 @@ def load_prompt_set(name: str = DEFAULT_PROMPT_SET) -> PromptSet:
     unknown = sorted({p.object for p in prompts} - set(OBJECTS))
     if unknown:
         raise UserError(f"prompt set {path} names unknown objects: {', '.join(unknown)}")
+    world = data.get("world", 1)
+    if world != WORLD_VERSION:
+        raise UserError(
+            f"prompt set {path} is for world {world}, but this package's world is {WORLD_VERSION} "
+            f"(its ground truth differs); use --prompt-set {DEFAULT_PROMPT_SET}, or a checkout of the "
+            "release that made it to reproduce old numbers"
+        )
     return result
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from dreamfusion.checkpoint import atomic_write
 from dreamfusion.config import to_dict
 from dreamfusion.provenance import git_commit, machine_info
-from dreamfusion.world import PRIMITIVES
+from dreamfusion.world import PRIMITIVES, WORLD_VERSION
 
 PRIMITIVE_MEAN_IOU = 0.75
 """Target: mean IoU at true scale over the primitive runs."""
@@ -147,6 +147,7 @@ def build_report(options, prompt_set, records: list[dict], total: int) -> dict:
         "prompt_set": {
             "name": prompt_set.name,
             "version": prompt_set.version,
+            "world": WORLD_VERSION,
             "seeds": list(prompt_set.seeds),
         },
         "command": options.command(),
@@ -189,7 +190,7 @@ def merge_reports(parts: list[tuple[Path, dict]], out: Path) -> dict:
         for key in MERGE_KEYS:
             a, b = report[key], first[key]
             if key == "prompt_set":
-                a, b = (a["name"], a["version"]), (b["name"], b["version"])
+                a, b = ((x["name"], x["version"], x.get("world", 1)) for x in (a, b))
             if a != b:
                 raise ValueError(f"{folder}: its {key} ({a}) is not the first report's ({b})")
         for r in report["runs"]:

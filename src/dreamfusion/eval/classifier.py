@@ -130,6 +130,7 @@ def train_classifier(
     log: Callable[[str], None] | None = print,
     log_every: int = 200,
     time_budget_s: float | None = None,
+    init: WorldClassifier | None = None,
 ) -> WorldClassifier:
     """Train a WorldClassifier on renders drawn on the fly from the whole world.
 
@@ -143,7 +144,8 @@ def train_classifier(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)  # renders and batches: CPU, as sample_batch wants
     noise_generator = torch.Generator(device).manual_seed(seed + 1)  # augmentation, on the device
-    model = WorldClassifier(width).to(device)
+    # `init` fine-tunes trained weights (after the world changes) instead of starting afresh.
+    model = (WorldClassifier(width) if init is None else init).to(device).float().train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     total = [steps]  # mutable: a time budget may shorten the run, and the schedule with it
     schedule = torch.optim.lr_scheduler.LambdaLR(

@@ -30,7 +30,7 @@ def add_parsers(sub) -> None:
         "trained again. Config fields can be set too, e.g. --render.samples-per-ray 32.",
     )
     fid.add_argument("--out", type=Path, default=Path("outputs/fidelity"), help="(default outputs/fidelity)")
-    fid.add_argument("--prompt-set", default="fidelity-v1", help="packaged set or .json file (fidelity-v1)")
+    fid.add_argument("--prompt-set", default="fidelity-v2", help="packaged set or .json file (fidelity-v2)")
     fid.add_argument("--preset", default="default", help="smoke | cpu | default | paper (default: default)")
     fid.add_argument("--guidance", default="bundled", help="guidance backend (default: bundled)")
     fid.add_argument("--only", nargs="+", default=[], metavar="OBJECT", help="only these objects")

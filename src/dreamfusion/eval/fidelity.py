@@ -108,6 +108,7 @@ def evaluate_field(
             front_best=front.best,
             front_margin=front.margin,
             front_scores={str(k): v for k, v in front.scores.items()},
+            front_janus=front.janus_scores,
         )
     return result
 

@@ -8,9 +8,13 @@ other is not, and 1 - mean |albedo difference| when both are occupied; a rotatio
 mean agreement. The rule (docs/evaluation.md):
 
 - the front is right when the unrotated truth scores strictly highest;
-- with `best` the highest-scoring rotation and "strength" a rotation's score minus the mean of the
-  two rotations at +-90 degrees from `best`, the object has two fronts when the rotation opposite
-  `best` has at least half the strength of `best` (a Janus object looks like the truth both ways).
+- with `best` the highest-scoring rotation, the object has two fronts (a Janus object) when, where
+  the truth turned by `best` and its half turn disagree, the union of the two (an object with a
+  front at both ends) matches better than either of them alone.
+
+The second rule compares the prediction with what a Janus object actually is, so an object that is
+long in x (the house, the duck), whose half turn shares its whole silhouette, is not called
+two-faced for that alone.
 """
 
 from __future__ import annotations
@@ -27,9 +31,6 @@ from dreamfusion.world import OBJECTS, WorldObject
 
 ROTATIONS = (0, 90, 180, 270)
 """Degrees about +z, counter-clockwise seen from above."""
-
-TWO_FRONT_RATIO = 0.5
-"""The opposite rotation counts as a second front at this share of the best one's strength."""
 
 ALBEDO_DIFFERENT = 0.05
 """Occupied points whose rotated truths' albedos differ by more than this (max over channels)
@@ -49,6 +50,13 @@ def rotated_truth(obj: WorldObject, points: Tensor, degrees: float) -> tuple[Ten
     return obj.occupancy(local), obj.albedo(local)
 
 
+def agreement(pred: Tensor, pred_albedo: Tensor, occupancy: Tensor, albedo: Tensor) -> Tensor:
+    """Per point: 1 when both are empty, 0 when one is occupied and the other not, and
+    1 - mean |albedo difference| when both are occupied. (M,) bools, (M, 3) albedos -> (M,)."""
+    color_match = 1.0 - (pred_albedo.float() - albedo).abs().mean(-1)
+    return torch.where(pred & occupancy, color_match, (pred == occupancy).float())
+
+
 @dataclass
 class FrontResult:
     scores: dict[int, float]
@@ -58,11 +66,13 @@ class FrontResult:
     correct: bool
     """The unrotated truth matches strictly best: the front faces +x."""
     two_fronts: bool
-    """The rotation opposite `best` matches nearly as well (a Janus object)."""
+    """Where `best` and its half turn disagree, both together match better than either (a Janus object)."""
     margin: float
     """scores[0] minus the best other score: > 0 when correct; its size says how clearly."""
     region_points: int
     """Points of the discriminating region (at the chosen resolution)."""
+    janus_scores: dict[str, float]
+    """Mean agreement where `best` and its half turn disagree, with "best", "opposite" and "both"."""
 
 
 def discriminating_region(
@@ -81,16 +91,16 @@ def discriminating_region(
     return points[differs], occupancy[:, differs], albedo[:, differs]
 
 
-def front_rule(scores: dict[int, float]) -> tuple[int, bool, bool, float]:
-    """(best rotation, front correct, two fronts, margin) from the four scores; see the module docstring."""
+def front_rule(scores: dict[int, float]) -> tuple[int, bool, float]:
+    """(best rotation, front correct, margin) from the four scores; see the module docstring."""
     best = max(ROTATIONS, key=lambda d: scores[d])
-    others = [scores[d] for d in ROTATIONS if d != 0]
-    margin = scores[0] - max(others)
-    sides = 0.5 * (scores[(best + 90) % 360] + scores[(best + 270) % 360])
-    strength = scores[best] - sides
-    opposite = scores[(best + 180) % 360] - sides
-    two = strength > 0.0 and opposite >= TWO_FRONT_RATIO * strength
-    return best, margin > 0.0, two, margin
+    margin = scores[0] - max(scores[d] for d in ROTATIONS if d != 0)
+    return best, margin > 0.0, margin
+
+
+def two_fronts_rule(janus: dict[str, float]) -> bool:
+    """A Janus object: the union of `best` and its half turn matches better than either alone."""
+    return janus["both"] > max(janus["best"], janus["opposite"])
 
 
 @torch.no_grad()
@@ -118,10 +128,23 @@ def front_consistency(
     points, occupancy, albedo = points.to(device), occupancy.to(device), albedo.to(device)
     density, pred_albedo = field(aligned_points(points, scale, shift))
     pred = density.float() > level  # (M,)
-    scores = {}
-    for i, degrees in enumerate(ROTATIONS):
-        color_match = 1.0 - (pred_albedo.float() - albedo[i]).abs().mean(-1)
-        agree = torch.where(pred & occupancy[i], color_match, (pred == occupancy[i]).float())
-        scores[degrees] = float(agree.mean())
-    best, correct, two, margin = front_rule(scores)
-    return FrontResult(scores, best, correct, two, margin, len(points))
+    scores = {
+        degrees: float(agreement(pred, pred_albedo, occupancy[i], albedo[i]).mean())
+        for i, degrees in enumerate(ROTATIONS)
+    }
+    best, correct, margin = front_rule(scores)
+    # Janus check, where the truth turned by `best` and by `best` + 180 disagree (within the region).
+    b, o = ROTATIONS.index(best), ROTATIONS.index((best + 180) % 360)
+    spread = (albedo[b] - albedo[o]).abs().amax(-1)
+    pair = (occupancy[b] != occupancy[o]) | (occupancy[b] & occupancy[o] & (spread > ALBEDO_DIFFERENT))
+    at = points[pair]
+    nearer_b = obj.sdf(rotate_z(at, -best)) <= obj.sdf(rotate_z(at, -((best + 180) % 360)))
+    both_occupancy = occupancy[b, pair] | occupancy[o, pair]
+    both_albedo = torch.where(nearer_b[:, None], albedo[b, pair], albedo[o, pair])
+    p, pa = pred[pair], pred_albedo[pair]
+    janus = {
+        "best": float(agreement(p, pa, occupancy[b, pair], albedo[b, pair]).mean()),
+        "opposite": float(agreement(p, pa, occupancy[o, pair], albedo[o, pair]).mean()),
+        "both": float(agreement(p, pa, both_occupancy, both_albedo).mean()),
+    }
+    return FrontResult(scores, best, correct, two_fronts_rule(janus), margin, len(points), janus)

@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=None, help="stop training within this time")
     parser.add_argument("--eval-n", type=int, default=6000, help="held-out renders")
     parser.add_argument("--out", type=Path, default=WEIGHTS)
+    parser.add_argument("--init", type=Path, default=None, help="fine-tune these weights instead")
     parser.add_argument("--report", type=Path, default=None, help="write the accuracy report (JSON) here")
     args = parser.parse_args()
 
@@ -81,6 +82,7 @@ def main() -> None:
         buffer_size=args.buffer,
         fresh_per_step=args.fresh,
         time_budget_s=None if args.minutes is None else 60.0 * args.minutes,
+        init=None if args.init is None else load_classifier(args.init),
     )
     train_seconds = time.perf_counter() - start
     args.out.parent.mkdir(parents=True, exist_ok=True)

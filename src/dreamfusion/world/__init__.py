@@ -23,6 +23,7 @@ from dreamfusion.world.objects import (
     PRIMITIVE_VOLUMES,
     PRIMITIVES,
     SHAPE_NAMES,
+    WORLD_VERSION,
     Part,
     WorldObject,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "PRIMITIVES",
     "PRIMITIVE_VOLUMES",
     "SHAPE_NAMES",
+    "WORLD_VERSION",
     "TEMPLATES",
     "WORLD_VIEWS",
     "Part",

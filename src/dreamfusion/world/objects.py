@@ -22,6 +22,11 @@ from dreamfusion.world.sdf import SDF_BY_KIND
 
 Vec3 = tuple[float, float, float]
 
+WORLD_VERSION = 2
+"""Bumped whenever an object's ground truth changes; prompt sets and priors name the world they
+were made for. 2: the house became deeper than wide, with a gable roof and a framed door (1: a
+square house with a pyramid roof, whose front showed only in a few door pixels)."""
+
 
 @functools.cache
 def rotation_z_to(axis: Vec3) -> tuple[Vec3, Vec3, Vec3]:
@@ -192,14 +197,18 @@ COMPOSITES: dict[str, WorldObject] = {
     "house": WorldObject(
         "house",
         (
-            Part("box", (0.27, 0.27, 0.19), (0.0, 0.0, -0.16)),
-            Part("pyramid", (0.33, 0.33), (0.0, 0.0, 0.03)),
-            Part("box", (0.04, 0.04, 0.1), (-0.15, 0.1, 0.3)),
-            Part("box", (0.02, 0.07, 0.11), (0.28, 0.0, -0.24), color=DARK_WOOD),
+            # Walls 0.64 deep (x) by 0.42 wide; a gable roof (a box turned 45 degrees about x) whose
+            # ridge runs front to back, so the front and the sides differ in silhouette.
+            Part("box", (0.32, 0.21, 0.15), (0.0, 0.0, -0.15)),
+            Part("box", (0.32, 0.17, 0.17), (0.0, 0.0, 0.0), (0.0, -1.0, 1.0)),
+            Part("box", (0.045, 0.045, 0.11), (-0.2, 0.11, 0.19)),
+            # The door on the +x gable wall: a cream frame around dark wood, clear on any wall color.
+            Part("box", (0.012, 0.09, 0.13), (0.326, 0.0, -0.17), color=CREAM),
+            Part("box", (0.02, 0.06, 0.105), (0.325, 0.0, -0.195), color=DARK_WOOD),
         ),
         COLORS["red"],
-        front="dark door on the +x wall; chimney on the -x half of the roof",
-        front_marker=(0.29, 0.0, -0.24),
+        front="door (cream frame, dark wood) on the +x gable wall; chimney on the -x half of the roof",
+        front_marker=(0.335, 0.0, -0.2),
     ),
     "chair": WorldObject(
         "chair",
