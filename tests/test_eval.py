@@ -325,6 +325,21 @@ def test_train_save_load_round_trip(tmp_path):
         load_classifier(tmp_path / "other.safetensors")
     with pytest.raises(FileNotFoundError, match="train_classifier"):
         load_classifier(tmp_path / "missing.safetensors")
+    # --init: the loaded weights train on (after the world changes) instead of a fresh network.
+    before = {k: v.detach().clone() for k, v in loaded.named_parameters()}
+    tuned = train_classifier(
+        steps=1,
+        batch_size=8,
+        width=8,
+        buffer_size=8,
+        fresh_per_step=4,
+        world=small_world(16),
+        log=None,
+        init=loaded,
+    )
+    assert tuned is loaded and tuned.steps_trained == 1
+    moved = torch.stack([(v.detach() - before[k]).abs().max() for k, v in tuned.named_parameters()])
+    assert 0.0 < moved.max() < 0.01  # one small AdamW step from the given weights, not a fresh start
 
 
 def test_committed_classifier_names_fresh_renders():

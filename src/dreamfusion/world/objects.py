@@ -23,8 +23,8 @@ from dreamfusion.world.sdf import SDF_BY_KIND
 Vec3 = tuple[float, float, float]
 
 WORLD_VERSION = 2
-"""Bumped whenever an object's ground truth changes; prompt sets and priors name the world they
-were made for. 2: the house became deeper than wide, with a gable roof and a framed door (1: a
+"""Bumped whenever an object's ground truth changes; a fidelity prompt set names the world it was
+written for. 2: the house became deeper than wide, with a gable roof and a framed door (1: a
 square house with a pyramid roof, whose front showed only in a few door pixels)."""
 
 
