@@ -133,18 +133,32 @@ def front_consistency(
         for i, degrees in enumerate(ROTATIONS)
     }
     best, correct, margin = front_rule(scores)
-    # Janus check, where the truth turned by `best` and by `best` + 180 disagree (within the region).
-    b, o = ROTATIONS.index(best), ROTATIONS.index((best + 180) % 360)
+    janus = janus_scores(obj, points, occupancy, albedo, pred, pred_albedo, best)
+    return FrontResult(scores, best, correct, two_fronts_rule(janus), margin, len(points), janus)
+
+
+def janus_scores(
+    obj: WorldObject,
+    points: Tensor,  # (M, 3): the discriminating region
+    occupancy: Tensor,  # (4, M): the turned truths there
+    albedo: Tensor,  # (4, M, 3)
+    pred: Tensor,  # (M,) bool: the prediction's occupancy
+    pred_albedo: Tensor,  # (M, 3)
+    best: int,
+) -> dict[str, float]:
+    """Agreement with the truth turned by `best`, by `best` + 180, and with their union, where those
+    two turns disagree. The union is occupied where either is, with the albedo of the nearer copy."""
+    opposite = (best + 180) % 360
+    b, o = ROTATIONS.index(best), ROTATIONS.index(opposite)
     spread = (albedo[b] - albedo[o]).abs().amax(-1)
     pair = (occupancy[b] != occupancy[o]) | (occupancy[b] & occupancy[o] & (spread > ALBEDO_DIFFERENT))
     at = points[pair]
-    nearer_b = obj.sdf(rotate_z(at, -best)) <= obj.sdf(rotate_z(at, -((best + 180) % 360)))
-    both_occupancy = occupancy[b, pair] | occupancy[o, pair]
-    both_albedo = torch.where(nearer_b[:, None], albedo[b, pair], albedo[o, pair])
-    p, pa = pred[pair], pred_albedo[pair]
-    janus = {
-        "best": float(agreement(p, pa, occupancy[b, pair], albedo[b, pair]).mean()),
-        "opposite": float(agreement(p, pa, occupancy[o, pair], albedo[o, pair]).mean()),
-        "both": float(agreement(p, pa, both_occupancy, both_albedo).mean()),
+    nearer_b = obj.sdf(rotate_z(at, -best)) <= obj.sdf(rotate_z(at, -opposite))
+    union_albedo = torch.where(nearer_b[:, None], albedo[b, pair], albedo[o, pair])
+    truths = {
+        "best": (occupancy[b, pair], albedo[b, pair]),
+        "opposite": (occupancy[o, pair], albedo[o, pair]),
+        "both": (occupancy[b, pair] | occupancy[o, pair], union_albedo),
     }
-    return FrontResult(scores, best, correct, two_fronts_rule(janus), margin, len(points), janus)
+    p, pa = pred[pair], pred_albedo[pair]
+    return {name: float(agreement(p, pa, occ, alb).mean()) for name, (occ, alb) in truths.items()}
