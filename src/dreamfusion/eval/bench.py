@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from dreamfusion.checkpoint import checkpoint_path, prune_checkpoints
 from dreamfusion.config import Config, to_dict
 from dreamfusion.errors import UserError
@@ -211,6 +213,7 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
     prompt_set, runs = check_options(options)
     done: dict[int, dict] = {}
     failed: list[str] = []
+    out_of_memory = 0
     report: dict = {}
 
     def finished(i: int, record: dict) -> None:
@@ -238,7 +241,9 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
         except UserError:
             raise
         except Exception as error:  # noqa: BLE001 - reported, then raised as one line at the end
+            nonlocal out_of_memory
             failed.append(runs[i].name)
+            out_of_memory += isinstance(error, torch.OutOfMemoryError)
             log(
                 f"[{len(done) + len(failed)}/{len(runs)}] {runs[i].prompt.text} (seed {runs[i].seed}): "
                 f"FAILED ({type(error).__name__}: {str(error)[:300]})"
@@ -248,11 +253,17 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
 
     def check_failures() -> dict:
         if failed:
+            # Too many runs on one GPU at once is the usual cause (58 on 4 H100s ran out; 11 a GPU fit).
+            memory = (
+                f" ({out_of_memory} ran out of GPU memory: run fewer at once with a smaller --jobs)"
+                if out_of_memory
+                else ""
+            )
             raise UserError(
                 f"{len(failed)} of {len(runs)} runs failed ({', '.join(failed[:3])}"
-                f"{', ...' if len(failed) > 3 else ''}; each said why above); the report holds the "
-                f"{len(done)} others. Fix the cause and run the same command again: finished runs are "
-                "read back, failed ones resume from their last checkpoint"
+                f"{', ...' if len(failed) > 3 else ''}; each said why above){memory}; the report holds "
+                f"the {len(done)} others. Fix the cause and run the same command again: finished runs "
+                "are read back, failed ones resume from their last checkpoint"
             )
         return report
 
