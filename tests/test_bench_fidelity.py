@@ -267,28 +267,8 @@ def test_a_worker_takes_one_device_from_the_queue(monkeypatch):
         torch.set_num_threads(before)
 
 
-def test_runs_out_of_gpu_memory_name_the_cure(tmp_path, capsys, monkeypatch):
-    """A run that runs out of GPU memory (too many at once) fails alone; the last line says so."""
-    if not PRIOR_PATH.is_file():
-        pytest.skip(f"the bundled prior's weights are not installed ({PRIOR_PATH})")
-    from dreamfusion.eval import bench
-
-    score_run = bench.score_run
-
-    def out_of_memory_for_green(run, options, run_dir):
-        if run.prompt.color == "green":
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 256.00 MiB")
-        return score_run(run, options, run_dir)
-
-    monkeypatch.setattr(bench, "score_run", out_of_memory_for_green)
-    assert main(["bench", "fidelity", *TINY, "--out", str(tmp_path / "bench")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "(1 ran out of GPU memory: run fewer at once with a smaller --jobs)" in err[0]
-
-
-def test_a_run_that_fails_does_not_stop_the_others(tmp_path, capsys, monkeypatch):
-    """A run whose scoring raises is reported in one line; the others are scored and reported; the
-    command then exits non-zero with one line, and the same command retries only the failed run."""
+def _green_fails(monkeypatch, error: Exception):
+    """Make scoring the green run raise `error`; returns the real `score_run` to put back."""
     if not PRIOR_PATH.is_file():
         pytest.skip(f"the bundled prior's weights are not installed ({PRIOR_PATH})")
     from dreamfusion.eval import bench
@@ -297,10 +277,27 @@ def test_a_run_that_fails_does_not_stop_the_others(tmp_path, capsys, monkeypatch
 
     def broken_for_green(run, options, run_dir):
         if run.prompt.color == "green":
-            raise RuntimeError("no module named fast_simplification")
+            raise error
         return score_run(run, options, run_dir)
 
     monkeypatch.setattr(bench, "score_run", broken_for_green)
+    return score_run
+
+
+def test_runs_out_of_gpu_memory_name_the_cure(tmp_path, capsys, monkeypatch):
+    """A run that runs out of GPU memory (too many at once) fails alone; the last line says so."""
+    _green_fails(monkeypatch, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 256.00 MiB"))
+    assert main(["bench", "fidelity", *TINY, "--out", str(tmp_path / "bench")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "(1 ran out of GPU memory: run fewer at once with a smaller --jobs)" in err[0]
+
+
+def test_a_run_that_fails_does_not_stop_the_others(tmp_path, capsys, monkeypatch):
+    """A run whose scoring raises is reported in one line; the others are scored and reported; the
+    command then exits non-zero with one line, and the same command retries only the failed run."""
+    from dreamfusion.eval import bench
+
+    score_run = _green_fails(monkeypatch, RuntimeError("no module named fast_simplification"))
     out = tmp_path / "bench"
     assert main(["bench", "fidelity", *TINY, "--out", str(out)]) == 2
     captured = capsys.readouterr()

@@ -230,7 +230,7 @@ def test_front_consistency_of_turned_and_janus_houses(rotations, best, correct, 
 @pytest.mark.parametrize("name", ["house", "duck"])
 def test_an_object_long_in_x_is_not_two_faced_for_its_silhouette(name):
     # Half turned, the house and the duck keep most of their outline: the old strength rule
-    # called the truth itself two-faced. A featureless copy (no door, no beak) has no front at all.
+    # called the truth itself two-faced.
     obj = OBJECTS[name]
     truth = front_consistency(TruthField(obj, eps=1e-5), obj, resolution=48)
     assert truth.correct and not truth.two_fronts
