@@ -247,6 +247,23 @@ def test_parallel_runs_spread_over_every_gpu(monkeypatch):
     assert moved.jobs == 8 and moved.config.train.steps == options.config.train.steps
 
 
+def test_runs_sharing_a_gpu_without_mps_get_one_line_naming_it(tmp_path, monkeypatch):
+    """More runs than GPUs and no MPS daemon: one line says how to let them run side by side. Not
+    when MPS is up, nor with a GPU each, nor on the CPU."""
+    from dreamfusion.eval.workers import mps_running, sharing_hint
+
+    hint = sharing_hint(11, ["cuda"], mps=False)
+    assert hint is not None and "nvidia-cuda-mps-control -d" in hint and "\n" not in hint
+    assert sharing_hint(11, ["cuda"], mps=True) is None
+    assert sharing_hint(4, ["cuda:0", "cuda:1", "cuda:2", "cuda:3"], mps=False) is None
+    assert sharing_hint(8, ["cuda:0", "cuda:1"], mps=False) is not None
+    assert sharing_hint(8, ["cpu"], mps=False) is None
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path))
+    assert not mps_running()
+    (tmp_path / "control").touch()  # the daemon's pipe
+    assert mps_running()
+
+
 def test_a_worker_takes_one_device_from_the_queue(monkeypatch):
     """init_worker caps the threads and keeps the next device of the queue as this worker's."""
     import queue

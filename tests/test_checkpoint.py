@@ -3,9 +3,10 @@
 import pytest
 import torch
 
+import dreamfusion.atomic
+from dreamfusion.atomic import atomic_write
 from dreamfusion.checkpoint import (
     CheckpointError,
-    atomic_write,
     checkpoint_path,
     flatten_optimizer,
     list_checkpoints,
@@ -73,6 +74,17 @@ def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):
         atomic_write(target, broken)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
+
+
+def test_written_files_have_ordinary_permissions_and_no_leftover(tmp_path, monkeypatch):
+    # mkstemp creates 0600 files; a checkpoint, config or report must come out as any other file.
+    monkeypatch.setattr(dreamfusion.atomic, "_UMASK", 0o022)
+    path = checkpoint_path(tmp_path / "checkpoints", 5)
+    save_checkpoint(path, 5, "p", {}, {"a": torch.zeros(1)})
+    atomic_write(tmp_path / "config.json", lambda tmp: tmp.write_text("{}"))
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "config.json").stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["checkpoints", "config.json", path.name]
 
 
 def test_prune_keeps_the_newest(tmp_path):

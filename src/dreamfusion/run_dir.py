@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 
 from dreamfusion import __version__
-from dreamfusion.checkpoint import atomic_write, list_checkpoints
+from dreamfusion.atomic import atomic_write
+from dreamfusion.checkpoint import list_checkpoints
 from dreamfusion.errors import UserError
 
 # Fields that may change between an interrupted run and its resumption. None alters the optimization,

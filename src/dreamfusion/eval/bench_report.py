@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from dreamfusion.checkpoint import atomic_write
+from dreamfusion.atomic import atomic_write
 from dreamfusion.config import to_dict
 from dreamfusion.provenance import git_commit, machine_info
 from dreamfusion.world import PRIMITIVES, WORLD_VERSION

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from dreamfusion.checkpoint import atomic_write
+from dreamfusion.atomic import atomic_write
 from dreamfusion.eval.bench_report import VIEWS, front_cell
 
 SHEET_BACKGROUND = (0.6, 0.6, 0.6)

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
+from dreamfusion.atomic import atomic_output
 from dreamfusion.errors import UserError
 
-# Read once at import (setting it is the only way to read it, and not thread-safe later).
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+__all__ = ["atomic_output", "check_output"]
 
 
 def check_output(path: Path, suffixes: tuple[str, ...]) -> Path:
@@ -27,23 +23,3 @@ def check_output(path: Path, suffixes: tuple[str, ...]) -> Path:
     if path.parent.exists() and not path.parent.is_dir():
         raise UserError(f"cannot write {path}: {path.parent} is a file, not a folder")
     return path
-
-
-@contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path` (same extension, so writers infer the format),
-    then rename it onto `path`; on any error the temporary file is removed and `path` untouched."""
-    created = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; the result is an ordinary file
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        for folder in created:  # innermost first: leave no empty folders behind either
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise

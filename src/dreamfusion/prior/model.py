@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from dreamfusion.checkpoint import atomic_write
+from dreamfusion.atomic import atomic_write
 from dreamfusion.guidance.schedule import NoiseSchedule
 from dreamfusion.guidance.unet_sds import to_epsilon
 from dreamfusion.prior.text import TextEncoder, TextStates, Tokenizer
