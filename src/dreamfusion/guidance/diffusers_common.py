@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dreamfusion.atomic import atomic_write
 from dreamfusion.config import GuidanceConfig
 from dreamfusion.errors import UserError
 from dreamfusion.prompts import VIEWS
@@ -256,13 +257,9 @@ class EmbeddingCache:
             return
         from safetensors.torch import save_file
 
-        path = self.path(fingerprint, text)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # atomic: a crash never leaves half a file
-        save_file(
-            {"embedding": embedding.detach().cpu().contiguous()}, tmp, {"model": fingerprint, "text": text}
-        )
-        os.replace(tmp, path)
+        body = {"embedding": embedding.detach().cpu().contiguous()}
+        metadata = {"model": fingerprint, "text": text}
+        atomic_write(self.path(fingerprint, text), lambda tmp: save_file(body, str(tmp), metadata))
 
 
 TextEncoder = Callable[[list[str]], Tensor]
