@@ -75,6 +75,13 @@ class FrontResult:
     """Mean agreement where `best` and its half turn disagree, with "best", "opposite" and "both"."""
 
 
+def disagree(occupancy: Tensor, albedo: Tensor) -> Tensor:
+    """Where truths disagree: some occupied and some not, or all occupied with albedos more than
+    ALBEDO_DIFFERENT apart in some channel. (K, M) bools, (K, M, 3) albedos -> (M,) bools."""
+    spread = (albedo.amax(0) - albedo.amin(0)).amax(-1)  # (M,)
+    return (occupancy != occupancy[:1]).any(0) | (occupancy.all(0) & (spread > ALBEDO_DIFFERENT))
+
+
 def discriminating_region(
     obj: WorldObject, resolution: int = 96, bound: float = 0.7
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -85,9 +92,7 @@ def discriminating_region(
     points = grid_points(resolution, bound)
     occupancy, albedo = zip(*(rotated_truth(obj, points, d) for d in ROTATIONS), strict=True)
     occupancy, albedo = torch.stack(occupancy), torch.stack(albedo)  # (4, N), (4, N, 3)
-    differs = (occupancy != occupancy[:1]).any(0)
-    spread = (albedo.amax(0) - albedo.amin(0)).amax(-1)  # (N,)
-    differs |= occupancy.all(0) & (spread > ALBEDO_DIFFERENT)
+    differs = disagree(occupancy, albedo)
     return points[differs], occupancy[:, differs], albedo[:, differs]
 
 
@@ -150,8 +155,7 @@ def janus_scores(
     two turns disagree. The union is occupied where either is, with the albedo of the nearer copy."""
     opposite = (best + 180) % 360
     b, o = ROTATIONS.index(best), ROTATIONS.index(opposite)
-    spread = (albedo[b] - albedo[o]).abs().amax(-1)
-    pair = (occupancy[b] != occupancy[o]) | (occupancy[b] & occupancy[o] & (spread > ALBEDO_DIFFERENT))
+    pair = disagree(occupancy[[b, o]], albedo[[b, o]])
     at = points[pair]
     nearer_b = obj.sdf(rotate_z(at, -best)) <= obj.sdf(rotate_z(at, -opposite))
     union_albedo = torch.where(nearer_b[:, None], albedo[b, pair], albedo[o, pair])
