@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from dreamfusion.atomic import atomic_write
 from dreamfusion.shading import SHADING_MODES
 from dreamfusion.world import COLOR_NAMES, SHAPE_NAMES, WorldConfig, sample_batch
 
@@ -258,7 +259,7 @@ def save_classifier(model: WorldClassifier, path: str | Path, extra: dict[str, s
         for k, v in model.state_dict().items()
     }
     meta = {"format": "dreamfusion-world-classifier-v1", "width": str(model.width), **_label_metadata()}
-    save_file(tensors, str(path), metadata={**meta, **(extra or {})})
+    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata={**meta, **(extra or {})}))
     return Path(path)
 
 

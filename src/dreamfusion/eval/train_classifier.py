@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from dreamfusion.atomic import atomic_write
 from dreamfusion.eval.classifier import (
     WEIGHTS,
     evaluate_classifier,
@@ -85,7 +86,6 @@ def main() -> None:
         init=None if args.init is None else load_classifier(args.init),
     )
     train_seconds = time.perf_counter() - start
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     save_classifier(model, args.out, extra={"steps": str(model.steps_trained), "seed": str(args.seed)})
     # Score the saved (float16) weights, not the live model: the numbers describe the shipped file.
     report = evaluate_classifier(load_classifier(args.out, args.device), n=args.eval_n, device=args.device)
@@ -112,7 +112,7 @@ def main() -> None:
         f"weights {args.out} ({report['size_bytes']} bytes)"
     )
     if args.report is not None:
-        args.report.write_text(json.dumps(report, indent=2))
+        atomic_write(args.report, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
 
 
 if __name__ == "__main__":
