@@ -30,9 +30,11 @@ from pathlib import Path
 
 import torch
 
+from dreamfusion.atomic import atomic_write
 from dreamfusion.checkpoint import checkpoint_path, prune_checkpoints
 from dreamfusion.config import Config, to_dict
 from dreamfusion.errors import UserError
+from dreamfusion.eval.bench_report import build_report, prompt_set_world, write_report
 from dreamfusion.eval.workers import mps_running, run_devices, sharing_hint, worker_device, worker_pool
 from dreamfusion.run_dir import RESUMABLE_CHANGES, RunDir, flat_diff
 from dreamfusion.world import OBJECTS, WORLD_VERSION
@@ -93,7 +95,7 @@ def load_prompt_set(name: str = DEFAULT_PROMPT_SET) -> PromptSet:
     unknown = sorted({p.object for p in prompts} - set(OBJECTS))
     if unknown:
         raise UserError(f"prompt set {path} names unknown objects: {', '.join(unknown)}")
-    world = data.get("world", 1)
+    world = prompt_set_world(data)
     if world != WORLD_VERSION:
         raise UserError(
             f"prompt set {path} is for world {world}, but this package's world is {WORLD_VERSION} "
@@ -209,8 +211,6 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
     go 1.4x faster under NVIDIA MPS (`workers.sharing_hint` says so when it is not up). On a machine
     with several GPUs, a plain `--device cuda` gives each worker one of them (`workers.worker_pool`).
     """
-    from dreamfusion.eval.bench_report import build_report, write_report
-
     prompt_set, runs = check_options(options)
     done: dict[int, dict] = {}
     failed: list[str] = []
@@ -416,7 +416,8 @@ def score_run(run: BenchRun, options: BenchOptions, run_dir: Path) -> dict:
         )
     if scored:
         record = _score(run, options, run_dir)
-        cache.write_text(json.dumps({"key": key, "record": record}, indent=1))
+        text = json.dumps({"key": key, "record": record}, indent=1)
+        atomic_write(cache, lambda tmp: tmp.write_text(text))
     if row_size(frames) != options.frame_size:
         device = options.config.train.device
         render_row(run_dir, run.prompt.object, run.prompt.color, options.frame_size, frames, device)

@@ -176,6 +176,12 @@ MERGE_KEYS = ("prompt_set", "preset", "guidance", "steps", "checkpoint_every", "
 """What the parts of a merged report must share."""
 
 
+def prompt_set_world(prompt_set: dict) -> int:
+    """The world a prompt set file, or a report's "prompt_set", was written for: those made before
+    the world had versions name none, and are world 1."""
+    return int(prompt_set.get("world", 1))
+
+
 def merge_reports(parts: list[tuple[Path, dict]], out: Path) -> dict:
     """Reports of one prompt set made in parts (other seeds, other objects, other machines) as one
     report to be written to `out`: every run, every summary recomputed over all of them, and each
@@ -190,7 +196,7 @@ def merge_reports(parts: list[tuple[Path, dict]], out: Path) -> dict:
         for key in MERGE_KEYS:
             a, b = report[key], first[key]
             if key == "prompt_set":
-                a, b = ((x["name"], x["version"], x.get("world", 1)) for x in (a, b))
+                a, b = ((x["name"], x["version"], prompt_set_world(x)) for x in (a, b))
             if a != b:
                 raise ValueError(f"{folder}: its {key} ({a}) is not the first report's ({b})")
         for r in report["runs"]:
