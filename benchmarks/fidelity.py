@@ -3,7 +3,7 @@
     python benchmarks/fidelity.py --device cuda --out docs/results/fidelity
     python benchmarks/fidelity.py --preset cpu --only sphere torus --seeds 0 --steps 400 --out /tmp/fid
 
-Every flag of `dreamfusion bench fidelity --help` works here; the code is dreamfusion.eval.bench.
+Every flag of `dreamfusion bench fidelity --help` works here; the code is dreamfusion.bench.runner.
 """
 
 from __future__ import annotations

@@ -31,9 +31,9 @@ from typing import Any
 import torch
 
 from dreamfusion.api import resolve_config
+from dreamfusion.bench.provenance import git_commit, machine_info
 from dreamfusion.config import Config, GuidanceConfig
-from dreamfusion.provenance import git_commit, machine_info
-from dreamfusion.trainer import Trainer
+from dreamfusion.training.trainer import Trainer
 
 # SD 2.1-base (stable-diffusion-2-1-base/unet and /vae config.json): 866M-parameter U-Net on 64x64x4
 # latents with 1024-wide OpenCLIP-H text states; VAE with 8x downsampling.

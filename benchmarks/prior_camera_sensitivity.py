@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from dreamfusion.cameras import orbit_cameras
+from dreamfusion.bench.provenance import git_commit, machine_info
 from dreamfusion.prior.model import file_sha256, load_prior
 from dreamfusion.prior.unet import camera_input
-from dreamfusion.provenance import git_commit, machine_info
+from dreamfusion.scene.cameras import orbit_cameras
 from dreamfusion.weights import PRIOR_PATH
 
 TURNS = {

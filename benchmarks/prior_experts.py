@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
+from dreamfusion.bench.provenance import git_commit, machine_info
 from dreamfusion.eval.classifier import TEXTURELESS, WEIGHTS, classify, load_classifier
 from dreamfusion.prior.experts import Experts
 from dreamfusion.prior.model import file_sha256, load_prior
-from dreamfusion.prior.sample import sample_prompts
-from dreamfusion.provenance import git_commit, machine_info
+from dreamfusion.prior_training.sample import sample_prompts
 from dreamfusion.weights import PRIOR_PATH
 from dreamfusion.world import COLOR_NAMES, SHAPE_NAMES
 

@@ -1,7 +1,7 @@
 """Quality of the bundled prior, judged by the world classifier.
 
 For every shape x color x view suffix of the world ("a red cube, front view", ...), sample N images
-from the prior (DDIM with classifier-free guidance, `dreamfusion.prior.sample.sample_prompts`),
+from the prior (DDIM with classifier-free guidance, `dreamfusion.prior_training.sample.sample_prompts`),
 classify them (`dreamfusion.eval.classifier`) and tabulate shape and color accuracy.
 
 The prior is not told a shading mode, so like its training data some samples are textureless
@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dreamfusion.bench.provenance import git_commit
 from dreamfusion.eval.classifier import TEXTURELESS, WEIGHTS, classify, load_classifier
 from dreamfusion.prior.experts import Experts
 from dreamfusion.prior.model import load_prior
-from dreamfusion.prior.sample import sample_prompts, save_grid
-from dreamfusion.provenance import git_commit
+from dreamfusion.prior_training.sample import sample_prompts, save_grid
 from dreamfusion.weights import PRIOR_PATH
 from dreamfusion.world import COLOR_NAMES, SHAPE_NAMES, WORLD_VIEWS, caption, with_view
 

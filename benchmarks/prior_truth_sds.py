@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 
 from dreamfusion.api import resolve_config
-from dreamfusion.cameras import Cameras, sample_cameras
+from dreamfusion.bench.provenance import git_commit, machine_info
 from dreamfusion.guidance.bundled import load_bundled
-from dreamfusion.prompts import view_index, view_prompts
-from dreamfusion.provenance import git_commit, machine_info
+from dreamfusion.scene.cameras import Cameras, sample_cameras
+from dreamfusion.scene.prompts import view_index, view_prompts
 from dreamfusion.world import OBJECTS, caption, render_object
 
 COLOR = "red"

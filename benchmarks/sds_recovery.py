@@ -27,12 +27,12 @@ import torch
 
 import dreamfusion
 from dreamfusion.api import resolve_config
+from dreamfusion.bench.provenance import git_commit
+from dreamfusion.bench.report import cell, front_cell
 from dreamfusion.cli import apply_overrides
 from dreamfusion.errors import UserError
-from dreamfusion.eval.bench_report import cell, front_cell
 from dreamfusion.eval.fidelity import evaluate_run
-from dreamfusion.loading import find_checkpoint
-from dreamfusion.provenance import git_commit
+from dreamfusion.training.loading import find_checkpoint
 from dreamfusion.world import caption
 
 DEFAULT_RUNS = (

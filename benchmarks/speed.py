@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 
 from dreamfusion.api import GUIDANCE_BACKENDS, resolve_config
-from dreamfusion.checkpoint import load_checkpoint
-from dreamfusion.loading import find_checkpoint
-from dreamfusion.provenance import git_commit, machine_info
-from dreamfusion.trainer import Trainer
+from dreamfusion.bench.provenance import git_commit, machine_info
+from dreamfusion.training.checkpoint import load_checkpoint
+from dreamfusion.training.loading import find_checkpoint
+from dreamfusion.training.trainer import Trainer
 
 PHASES = ("render", "guidance", "backward", "optimizer", "occupancy", "interior")
 

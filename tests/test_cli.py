@@ -83,7 +83,7 @@ def test_a_prior_of_ones_own_is_distilled_alone_unless_an_expert_is_named(tmp_pa
     import json
 
     from dreamfusion.prior.model import PriorModel, save_prior
-    from dreamfusion.prior.recipes import tiny
+    from dreamfusion.prior_training.recipes import tiny
 
     own = tmp_path / "own.safetensors"
     torch.manual_seed(0)

@@ -13,7 +13,7 @@ from dreamfusion.config import Config
 from dreamfusion.errors import UserError
 from dreamfusion.guidance.base import Guidance
 from dreamfusion.presets import PRESETS
-from dreamfusion.run_dir import default_run_dir
+from dreamfusion.training.run_dir import default_run_dir
 
 
 def _closed_form(cfg: Config, device: torch.device) -> Guidance:
@@ -139,7 +139,7 @@ def generate(
     After training, the mesh (RUN/mesh.glb) and a turntable (RUN/turntable.mp4) are written
     unless `export_mesh` / `turntable` is False; `view` serves the field live on `view_port`.
     """
-    from dreamfusion.trainer import Trainer, resolve_device
+    from dreamfusion.training.trainer import Trainer, resolve_device
 
     if not isinstance(prompt, str) or not prompt.strip():
         raise UserError('the prompt is empty; give a sentence such as "a ceramic mug"')
@@ -155,7 +155,7 @@ def generate(
     trainer = Trainer(prompt, cfg, run_dir, backend, resume=resume)
     viewer = None
     if view:
-        from dreamfusion.viewer import Viewer
+        from dreamfusion.viewer.server import Viewer
 
         viewer = Viewer(trainer.field, trainer.background, cfg, port=view_port, live=True, title=prompt)
         print(f"viewer:      {viewer.url} (live while training)", flush=True)
@@ -182,3 +182,29 @@ def generate(
         mesh=assets.mesh,
         video=assets.video,
     )
+
+
+def apply_overrides(cfg, extra: list[str], prog: str):
+    """Parse `--section.field VALUE` flags with tyro against `cfg` as the defaults."""
+    if not extra:
+        return cfg
+    if not extra[0].startswith("-"):
+        raise UserError(f"unexpected argument '{extra[0]}'; put a prompt with spaces in quotes")
+    import tyro
+
+    from dreamfusion.config import Config
+
+    parsed = tyro.cli(Config, default=cfg, args=extra, prog=prog)
+    if parsed.guidance.model != cfg.guidance.model:
+        parsed = own_prior(parsed, extra)
+    return parsed
+
+
+def own_prior(cfg, extra: list[str]):
+    """A prior of the user's own (`--guidance.model`, `--model`) is distilled alone: the presets'
+    high-noise expert is a fine-tune of the packaged prior, so it stays only when named
+    (`--guidance.high-noise-model`)."""
+    named = {"--guidance.high-noise-model", "--guidance.high_noise_model"}
+    if any(flag.split("=", 1)[0] in named for flag in extra):
+        return cfg
+    return dataclasses.replace(cfg, guidance=dataclasses.replace(cfg.guidance, high_noise_model=None))

@@ -33,7 +33,7 @@ import logging
 import sys
 from pathlib import Path
 
-from dreamfusion.errors import UserError
+from dreamfusion.errors import UserError, no_extra
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,10 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     conf = sub.add_parser("config", help="print a preset's resolved config as JSON", add_help=False)
     conf.add_argument("--preset", default="default")
     _asset_parsers(sub)
-    from dreamfusion.prior.cli import add_parsers as _prior_parsers  # argparse only; no torch import
+    from dreamfusion.prior_training.cli import add_parsers as _prior_parsers  # argparse only; no torch import
 
     _prior_parsers(sub)
-    from dreamfusion.eval.cli import add_parsers as _bench_parsers  # argparse only; no torch import
+    from dreamfusion.bench.cli import add_parsers as _bench_parsers  # argparse only; no torch import
 
     _bench_parsers(sub)
     return parser
@@ -132,34 +132,8 @@ def _asset_parsers(sub) -> None:
     view.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
 
 
-def apply_overrides(cfg, extra: list[str], prog: str):
-    """Parse `--section.field VALUE` flags with tyro against `cfg` as the defaults."""
-    if not extra:
-        return cfg
-    if not extra[0].startswith("-"):
-        raise UserError(f"unexpected argument '{extra[0]}'; put a prompt with spaces in quotes")
-    import tyro
-
-    from dreamfusion.config import Config
-
-    parsed = tyro.cli(Config, default=cfg, args=extra, prog=prog)
-    if parsed.guidance.model != cfg.guidance.model:
-        parsed = own_prior(parsed, extra)
-    return parsed
-
-
-def own_prior(cfg, extra: list[str]):
-    """A prior of the user's own (`--guidance.model`, `--model`) is distilled alone: the presets'
-    high-noise expert is a fine-tune of the packaged prior, so it stays only when named
-    (`--guidance.high-noise-model`)."""
-    named = {"--guidance.high-noise-model", "--guidance.high_noise_model"}
-    if any(flag.split("=", 1)[0] in named for flag in extra):
-        return cfg
-    return dataclasses.replace(cfg, guidance=dataclasses.replace(cfg.guidance, high_noise_model=None))
-
-
 def _generate(args: argparse.Namespace, extra: list[str]) -> int:
-    from dreamfusion.api import auto_preset, generate, resolve_config
+    from dreamfusion.api import apply_overrides, auto_preset, generate, own_prior, resolve_config
 
     preset, device = args.preset, args.device
     if preset == "auto":
@@ -196,7 +170,7 @@ def _generate(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _config(args: argparse.Namespace, extra: list[str]) -> int:
-    from dreamfusion.api import resolve_config
+    from dreamfusion.api import apply_overrides, resolve_config
     from dreamfusion.config import to_dict
 
     cfg = resolve_config(args.preset)
@@ -205,15 +179,9 @@ def _config(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def no_extra(extra: list[str]) -> None:
-    """One line for arguments a command without config fields does not take."""
-    if extra:
-        raise UserError(f"unrecognized arguments: {' '.join(extra)}")
-
-
 def _export(args: argparse.Namespace, extra: list[str]) -> int:
     from dreamfusion.export import ExportOptions, export_mesh, validate_options
-    from dreamfusion.loading import find_checkpoint, load_run
+    from dreamfusion.training.loading import find_checkpoint, load_run
 
     no_extra(extra)
     level = None if args.level == "auto" else _float(args.level, "--level must be 'auto' or a number")
@@ -233,8 +201,14 @@ def _export(args: argparse.Namespace, extra: list[str]) -> int:
 
 def _render(args: argparse.Namespace, extra: list[str]) -> int:
     from dreamfusion.export import check_output
-    from dreamfusion.loading import find_checkpoint, load_run
-    from dreamfusion.turntable import VIDEO_SUFFIXES, TurntableOptions, parse_light, validate, write_turntable
+    from dreamfusion.export.turntable import (
+        VIDEO_SUFFIXES,
+        TurntableOptions,
+        parse_light,
+        validate,
+        write_turntable,
+    )
+    from dreamfusion.training.loading import find_checkpoint, load_run
 
     no_extra(extra)
     options = TurntableOptions(
@@ -256,7 +230,7 @@ def _render(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _view(args: argparse.Namespace, extra: list[str]) -> int:
-    from dreamfusion.viewer import serve_run
+    from dreamfusion.viewer.server import serve_run
 
     no_extra(extra)
     serve_run(
@@ -279,19 +253,19 @@ def _float(text: str, message: str) -> float:
 
 
 def _device(name: str):
-    from dreamfusion.trainer import resolve_device
+    from dreamfusion.training.trainer import resolve_device
 
     return resolve_device(name)
 
 
 def _bench(args: argparse.Namespace, extra: list[str]) -> int:
-    from dreamfusion.eval.cli import run
+    from dreamfusion.bench.cli import run
 
     return run(args, extra)
 
 
 def _prior(args: argparse.Namespace, extra: list[str]) -> int:
-    from dreamfusion.prior.cli import run
+    from dreamfusion.prior_training.cli import run
 
     no_extra(extra)
     return run(args)

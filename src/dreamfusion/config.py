@@ -112,7 +112,7 @@ class RenderConfig:
     """Render at most this many rays at once (0: all); bounds memory at evaluation."""
     occupancy_grid: bool = False
     """Training skips samples in empty space: the field is evaluated only in the cells of a coarse grid
-    that it marked occupied at the last refresh (Instant-NGP; see dreamfusion.occupancy). Previews and
+    that it marked occupied at the last refresh (Instant-NGP; see dreamfusion.render.occupancy). Previews and
     exports always evaluate every sample."""
     occupancy_resolution: int = 64
     """Cells per side of the occupancy grid over the bounding cube."""

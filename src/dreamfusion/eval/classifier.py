@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from dreamfusion.atomic import atomic_write
-from dreamfusion.shading import SHADING_MODES
+from dreamfusion.render.shading import SHADING_MODES
 from dreamfusion.world import COLOR_NAMES, SHAPE_NAMES, WorldConfig, sample_batch
 
 WEIGHTS = Path(__file__).with_name("classifier.safetensors")

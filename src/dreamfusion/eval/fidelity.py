@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-from dreamfusion.checkpoint import list_checkpoints
 from dreamfusion.eval.front import front_consistency
 from dreamfusion.eval.geometry import (
     aligned_iou,
@@ -21,7 +20,8 @@ from dreamfusion.eval.geometry import (
 from dreamfusion.eval.surface import chamfer_distance, surface_color
 from dreamfusion.fields import build_field
 from dreamfusion.fields.base import Field
-from dreamfusion.loading import load_run
+from dreamfusion.training.checkpoint import list_checkpoints
+from dreamfusion.training.loading import load_run
 from dreamfusion.world import COLORS, OBJECTS, PRIMITIVE_VOLUMES
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dreamfusion.fields.base import Field
-from dreamfusion.occupancy import hidden_cells
+from dreamfusion.render.occupancy import hidden_cells
 from dreamfusion.world import OBJECTS, WorldObject
 
 REFERENCE_VOXEL = 0.025

@@ -15,8 +15,8 @@ from pathlib import Path
 from dreamfusion.config import Config
 from dreamfusion.errors import UserError
 from dreamfusion.export import ExportOptions, export_mesh
+from dreamfusion.export.turntable import TurntableOptions, write_turntable
 from dreamfusion.fields.base import Background, Field
-from dreamfusion.turntable import TurntableOptions, write_turntable
 
 log = logging.getLogger(__name__)
 

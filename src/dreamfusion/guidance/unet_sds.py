@@ -1,7 +1,7 @@
 """The SDS step around a frozen diffusers U-Net, shared by the Stable Diffusion and IF backends.
 
 The backend turns renders into the diffusion variable x (a VAE latent, or pixels in [-1, 1]);
-`guided_sds` supplies `dreamfusion.sds.score_distillation` with a denoiser that runs the U-Net on the
+`guided_sds` supplies `dreamfusion.guidance.sds.score_distillation` with a denoiser that runs the U-Net on the
 unconditional and conditional branches in one batch (with Perp-Neg: also two negatives), in the
 U-Net's own dtype, and hands back float32 noise predictions. CFG and the SDS gradient stay in sds.py.
 """
@@ -16,14 +16,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dreamfusion import sds
-from dreamfusion.cameras import Cameras
 from dreamfusion.config import GuidanceConfig, SDSConfig
-from dreamfusion.graphs import CompiledOrEager, GraphedForward, compile_by_default
+from dreamfusion.guidance import sds
 from dreamfusion.guidance.base import SDSOutput
 from dreamfusion.guidance.diffusers_common import PromptEmbeddings
+from dreamfusion.guidance.graphs import CompiledOrEager, GraphedForward, compile_by_default
 from dreamfusion.guidance.perp_neg import UNCOND, perp_neg_conditional, perp_neg_plan
-from dreamfusion.prompts import VIEWS
+from dreamfusion.prior.schedule import to_epsilon
+from dreamfusion.scene.cameras import Cameras
+from dreamfusion.scene.prompts import VIEWS
 
 
 def annealed_t_range(cfg: SDSConfig, progress: float) -> tuple[float, float]:
@@ -37,19 +38,6 @@ def annealed_t_range(cfg: SDSConfig, progress: float) -> tuple[float, float]:
     if cfg.t_anneal not in schedules:
         raise ValueError(f"unknown t_anneal '{cfg.t_anneal}' (use none, linear, sqrt or step)")
     return (lo, hi + (end - hi) * schedules[cfg.t_anneal])
-
-
-def to_epsilon(pred: Tensor, z_t: Tensor, alphabar: Tensor, prediction_type: str) -> Tensor:
-    """The model's output as a noise prediction. alphabar (N,) per row; v: eps = alpha v + sigma z_t."""
-    if prediction_type == "epsilon":
-        return pred
-    a = alphabar.view(-1, 1, 1, 1).sqrt().to(pred.dtype)
-    s = (1.0 - alphabar).view(-1, 1, 1, 1).sqrt().to(pred.dtype)
-    if prediction_type == "v_prediction":
-        return a * pred + s * z_t
-    if prediction_type == "sample":
-        return (z_t - a * pred) / s
-    raise ValueError(f"unsupported prediction_type '{prediction_type}'")
 
 
 @dataclass

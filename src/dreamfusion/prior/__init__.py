@@ -20,7 +20,6 @@ _EXPORTS = {
     "UNet": "unet",
     "UNetConfig": "unet",
     "camera_features": "unet",
-    "sample_prompts": "sample",
 }
 
 __all__ = sorted(_EXPORTS)

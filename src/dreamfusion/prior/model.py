@@ -22,8 +22,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from dreamfusion.atomic import atomic_write
-from dreamfusion.guidance.schedule import NoiseSchedule
-from dreamfusion.guidance.unet_sds import to_epsilon
+from dreamfusion.prior.schedule import NoiseSchedule, to_epsilon
 from dreamfusion.prior.text import TextEncoder, TextStates, Tokenizer
 from dreamfusion.prior.unet import UNet, UNetConfig
 from dreamfusion.world.captions import vocabulary

@@ -35,11 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dreamfusion.cameras import Cameras
 from dreamfusion.prior.layers import Attention, FeedForward, timestep_embedding, zero_init
 from dreamfusion.prior.text import TextStates
-from dreamfusion.rays import pixel_rays
-from dreamfusion.shading import SHADING_MODES
+from dreamfusion.render.shading import SHADING_MODES
+from dreamfusion.scene.cameras import Cameras
+from dreamfusion.scene.rays import pixel_rays
 
 CAMERA_FEATURES = 7
 """Entries of `camera_features` that feed the embedding."""

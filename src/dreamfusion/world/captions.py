@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from dreamfusion.prompts import ALL_VIEWS, view_index
+from dreamfusion.scene.prompts import ALL_VIEWS, view_index
 from dreamfusion.world.colors import COLORS
 
 TEMPLATES: tuple[str, ...] = (
@@ -79,7 +79,7 @@ def world_view_index(
 ) -> Tensor:
     """Index into WORLD_VIEWS per camera: (B,) degrees, (B,) degrees -> (B,) long.
 
-    The paper's rule (dreamfusion.prompts.view_index), then "bottom" below `bottom_below`.
+    The paper's rule (dreamfusion.scene.prompts.view_index), then "bottom" below `bottom_below`.
     """
     return view_index(elevation, azimuth, overhead_above, bottom_below)
 

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from dreamfusion.cameras import sample_cameras
-from dreamfusion.shading import SHADING_MODES
+from dreamfusion.render.shading import SHADING_MODES
+from dreamfusion.scene.cameras import sample_cameras
 from dreamfusion.world.captions import NOUNS, TEMPLATES, WORLD_VIEWS, caption, with_view, world_view_index
 from dreamfusion.world.colors import COLOR_NAMES, COLORS
 from dreamfusion.world.config import WorldConfig

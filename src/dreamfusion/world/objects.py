@@ -4,7 +4,7 @@ Coordinates: +z up, the front faces +x, every object centered at the origin and 
 sphere of radius 0.65. An object is a union of parts; each part is a shape in its own frame,
 placed by a translation and an optional rotation, with either a fixed color or the object's
 color. The sizes of the primitives are ground truth for scoring and must not drift: they
-are listed, with their volumes, in docs/world.md and checked in tests/test_world.py.
+are listed, with their volumes, in docs/world.md and checked in tests/world/test_world.py.
 """
 
 from __future__ import annotations

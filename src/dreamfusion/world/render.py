@@ -1,8 +1,8 @@
 """Dataset renderer: sphere tracing of objects' SDFs from a batch of cameras, then shading.
 
-Rays come from dreamfusion.rays.generate_rays, march inside the bounding sphere for at most a
+Rays come from dreamfusion.scene.rays.generate_rays, march inside the bounding sphere for at most a
 fixed number of steps (rays that converge or leave drop out of the batch), take normals from
-SDF finite differences and colors from dreamfusion.shading.shade. Each camera may see a
+SDF finite differences and colors from dreamfusion.render.shading.shade. Each camera may see a
 different object of a PartTable, so a whole mixed batch renders in one pass. Device-agnostic:
 everything follows the cameras' device.
 """
@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dreamfusion.cameras import Cameras
-from dreamfusion.rays import generate_rays, intersect_sphere
-from dreamfusion.shading import SHADING_MODES, ShadingMode, shade
+from dreamfusion.render.shading import SHADING_MODES, ShadingMode, shade
+from dreamfusion.scene.cameras import Cameras
+from dreamfusion.scene.rays import generate_rays, intersect_sphere
 from dreamfusion.world.config import WorldConfig
 from dreamfusion.world.objects import WorldObject
 from dreamfusion.world.table import PartTable, table_for

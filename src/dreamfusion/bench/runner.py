@@ -1,0 +1,448 @@
+"""The known-truth fidelity benchmark: train every prompt of a fixed prompt set, score it against the world.
+
+A prompt set (`prompt_sets/<name>.json`, versioned, never edited once released) lists world
+objects, the color each is painted and its caption, and the seeds. For each prompt x seed the
+benchmark runs `dreamfusion.generate` into OUT/runs/<object>-<color>-s<seed>, then scores it:
+`evaluate_run` (IoUs, Chamfer, color, shape, front: docs/evaluation.md), the IoU of every saved
+checkpoint against its training seconds (time to quality), and turntable frames of the result
+beside the truth for the contact sheet. `bench_report` turns the records into fidelity.json,
+fidelity.md and contact_sheet.png.
+
+Resumable at every level: a run whose newest checkpoint reached the step count is scored without
+training; a run cut off mid-training resumes from its checkpoint; a run already scored at its
+newest checkpoint with the same settings is read back from RUN/fidelity_score.json. Once a run
+is scored only its newest checkpoint is kept (unless `keep_checkpoints`); a finished, scored run
+whose checkpoints were deleted (results carried to another machine without them) is read back too.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dreamfusion.atomic import atomic_write
+from dreamfusion.bench.report import build_report, prompt_set_world, write_report
+from dreamfusion.bench.workers import mps_running, run_devices, sharing_hint, worker_device, worker_pool
+from dreamfusion.config import Config, to_dict
+from dreamfusion.errors import UserError
+from dreamfusion.training.checkpoint import checkpoint_path, prune_checkpoints
+from dreamfusion.training.run_dir import RESUMABLE_CHANGES, RunDir, flat_diff
+from dreamfusion.world import OBJECTS, WORLD_VERSION
+
+PROMPT_SETS = Path(__file__).parent / "prompt_sets"
+DEFAULT_PROMPT_SET = "fidelity-v2"
+SCORE_FILE = "fidelity_score.json"
+"""RUN/SCORE_FILE caches a run's record, keyed by the checkpoint and settings it was scored with."""
+FRAMES_FILE = "fidelity_frames.png"
+"""RUN/FRAMES_FILE: the run's row of the contact sheet (result views, then the truth's)."""
+RESOLUTION_RANGE = (16, 256)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    object: str
+    color: str
+    text: str
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    name: str
+    version: int
+    seeds: tuple[int, ...]
+    prompts: tuple[Prompt, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}-v{self.version}"
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    """One prompt at one seed."""
+
+    prompt: Prompt
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.prompt.object}-{self.prompt.color}-s{self.seed}"
+
+
+def load_prompt_set(name: str = DEFAULT_PROMPT_SET) -> PromptSet:
+    """A packaged set by name (e.g. "fidelity-v2") or a .json file. UserError when unreadable, or
+    when it was written for another version of the world (a set without "world" is for world 1)."""
+    path = Path(name) if name.endswith(".json") else PROMPT_SETS / f"{name}.json"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PROMPT_SETS.glob("*.json")))
+        raise UserError(f"no prompt set '{name}' (packaged: {known}; or pass a .json file)")
+    try:
+        data = json.loads(path.read_text())
+        prompts = tuple(Prompt(p["object"], p["color"], p["prompt"]) for p in data["prompts"])
+        result = PromptSet(data["name"], int(data["version"]), tuple(int(s) for s in data["seeds"]), prompts)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"prompt set {path} is unreadable ({e})") from None
+    unknown = sorted({p.object for p in prompts} - set(OBJECTS))
+    if unknown:
+        raise UserError(f"prompt set {path} names unknown objects: {', '.join(unknown)}")
+    world = prompt_set_world(data)
+    if world != WORLD_VERSION:
+        raise UserError(
+            f"prompt set {path} is for world {world}, but this package's world is {WORLD_VERSION} "
+            f"(its ground truth differs); use --prompt-set {DEFAULT_PROMPT_SET}, or a checkout of the "
+            "release that made it to reproduce old numbers"
+        )
+    return result
+
+
+def select_runs(
+    prompt_set: PromptSet,
+    only: tuple[str, ...] = (),
+    seeds: tuple[int, ...] | None = None,
+    limit: int | None = None,
+) -> list[BenchRun]:
+    """The runs to do, seed by seed (all prompts at the first seed, then the next), so that a
+    `limit` covers as many prompts as it can. UserError (one line) on bad input."""
+    unknown = [name for name in only if name not in OBJECTS]
+    if unknown:
+        raise UserError(f"unknown object '{unknown[0]}' in --only; choose from: {', '.join(OBJECTS)}")
+    if seeds is not None and (not seeds or any(s < 0 for s in seeds)):
+        raise UserError(f"--seeds must be non-negative integers (got {list(seeds)})")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1 (got {limit})")
+    prompts = [p for p in prompt_set.prompts if not only or p.object in only]
+    if not prompts:
+        raise UserError(f"prompt set {prompt_set.label} has no prompt of {', '.join(only)}")
+    runs = [BenchRun(p, s) for s in (prompt_set.seeds if seeds is None else seeds) for p in prompts]
+    return runs[:limit] if limit is not None else runs
+
+
+@dataclass
+class BenchOptions:
+    """What to run and how to score it. `config` is the resolved preset (overrides applied); each
+    run takes it with its own seed and keeps every checkpoint (the time-to-quality curve)."""
+
+    config: Config
+    out: Path
+    preset: str = "default"
+    overrides: tuple[str, ...] = ()
+    prompt_set: str = DEFAULT_PROMPT_SET
+    only: tuple[str, ...] = ()
+    seeds: tuple[int, ...] | None = None
+    limit: int | None = None
+    resolution: int = 64
+    mesh: bool = True
+    frame_size: int = 96
+    jobs: int = 1
+    """Runs trained at once, each in its own process (see run_benchmark)."""
+    keep_checkpoints: bool = False
+    """Keep every checkpoint of a scored run; by default only the newest stays (the curve is in
+    RUN/SCORE_FILE), as a default-preset run's eleven would take 1.5 GB."""
+
+    def command(self) -> str:
+        """The command that reproduces this benchmark, every setting spelled out."""
+        train = self.config.train
+        parts = [
+            "dreamfusion bench fidelity",
+            f"--prompt-set {self.prompt_set}",
+            f"--preset {self.preset}",
+            f"--guidance {self.config.guidance.name}",
+            f"--steps {train.steps}",
+            f"--checkpoint-every {train.checkpoint_every}",
+            f"--device {train.device}",
+            f"--resolution {self.resolution}",
+            f"--frame-size {self.frame_size}",
+            f"--out {self.out}",
+        ]
+        if self.only:
+            parts.append("--only " + " ".join(self.only))
+        if self.seeds is not None:
+            parts.append("--seeds " + " ".join(str(s) for s in self.seeds))
+        if self.limit is not None:
+            parts.append(f"--limit {self.limit}")
+        if not self.mesh:
+            parts.append("--no-mesh")
+        if self.keep_checkpoints:
+            parts.append("--keep-checkpoints")
+        if self.jobs > 1:
+            parts.append(f"--jobs {self.jobs}")
+        return " ".join(parts + list(self.overrides))
+
+
+def check_options(options: BenchOptions) -> tuple[PromptSet, list[BenchRun]]:
+    """Validate everything before any run starts; returns the set and the runs. UserError on bad input."""
+    lo, hi = RESOLUTION_RANGE
+    if not lo <= options.resolution <= hi:
+        raise UserError(f"--resolution must be between {lo} and {hi} (got {options.resolution})")
+    if options.config.train.checkpoint_every < 1:
+        every = options.config.train.checkpoint_every
+        raise UserError(f"--checkpoint-every must be at least 1 (got {every})")
+    if not 16 <= options.frame_size <= 512:
+        raise UserError(f"--frame-size must be between 16 and 512 (got {options.frame_size})")
+    if options.jobs < 1:
+        raise UserError(f"--jobs must be at least 1 (got {options.jobs})")
+    if options.out.exists() and not options.out.is_dir():
+        raise UserError(f"--out {options.out} is a file; pass a folder")
+    from dreamfusion.training.trainer import resolve_device, validate_config
+
+    resolve_device(options.config.train.device)
+    validate_config(options.config)
+    prompt_set = load_prompt_set(options.prompt_set)
+    return prompt_set, select_runs(prompt_set, options.only, options.seeds, options.limit)
+
+
+def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> dict:
+    """Train (or resume) and score every selected run; write the report after each. Returns it.
+
+    With `options.jobs` > 1, that many runs train at once, each in its own process: a small
+    field and prior leave most of a GPU idle, so several runs share it at a higher total rate
+    (six default-preset runs at once on an H100: 53 steps/s against 30 for one). Each run's
+    own seconds then count the sharing; the report says how many ran at once. Runs sharing a GPU
+    go 1.4x faster under NVIDIA MPS (`workers.sharing_hint` says so when it is not up). On a machine
+    with several GPUs, a plain `--device cuda` gives each worker one of them (`workers.worker_pool`).
+    """
+    prompt_set, runs = check_options(options)
+    done: dict[int, dict] = {}
+    failed: list[str] = []
+    out_of_memory = 0
+    report: dict = {}
+
+    def finished(i: int, record: dict) -> None:
+        nonlocal report
+        done[i] = record
+        run = runs[i]
+        scored = "scored" if record["scored_now"] else "read back"
+        trained = "trained" if record["trained_now"] else "not retrained"
+        seconds = record["train_seconds"]
+        log(
+            f"[{len(done)}/{len(runs)}] {run.prompt.text} (seed {run.seed}): IoU {record['iou']:.3f} "
+            f"(initial {record['initial_iou']:.3f}, scaled {record['scaled_iou']:.3f}), "
+            f"{record['identified']}, {record['nearest_color']}; {record['steps']} steps in "
+            f"{'?' if seconds is None else f'{seconds:.1f}'} s ({trained}, {scored})"
+        )
+        records = [done[k] for k in sorted(done)]  # in the set's order, whatever finished first
+        report = build_report(options, prompt_set, records, total=len(runs))
+        write_report(report, options.out)
+
+    def outcome(i: int, get_record: Callable[[], dict]) -> None:
+        """One run's record, or one line saying it failed: the other runs go on (a run's own
+        failure must not throw away the hour of runs around it). Bad input still stops everything."""
+        try:
+            record = get_record()
+        except UserError:
+            raise
+        except Exception as error:  # noqa: BLE001 - reported, then raised as one line at the end
+            nonlocal out_of_memory
+            failed.append(runs[i].name)
+            out_of_memory += isinstance(error, torch.OutOfMemoryError)
+            log(
+                f"[{len(done) + len(failed)}/{len(runs)}] {runs[i].prompt.text} (seed {runs[i].seed}): "
+                f"FAILED ({type(error).__name__}: {str(error)[:300]})"
+            )
+            return
+        finished(i, record)
+
+    def check_failures() -> dict:
+        if failed:
+            # Too many runs on one GPU at once is the usual cause (58 on 4 H100s ran out; 11 a GPU fit).
+            memory = (
+                f" ({out_of_memory} ran out of GPU memory: run fewer at once with a smaller --jobs)"
+                if out_of_memory
+                else ""
+            )
+            raise UserError(
+                f"{len(failed)} of {len(runs)} runs failed ({', '.join(failed[:3])}"
+                f"{', ...' if len(failed) > 3 else ''}; each said why above){memory}; the report holds "
+                f"the {len(done)} others. Fix the cause and run the same command again: finished runs "
+                "are read back, failed ones resume from their last checkpoint"
+            )
+        return report
+
+    if options.jobs <= 1:
+        for i, run in enumerate(runs):
+            outcome(i, functools.partial(bench_run, run, options))
+        return check_failures()
+    quiet = dataclasses.replace(
+        options,
+        config=dataclasses.replace(
+            options.config, train=dataclasses.replace(options.config.train, progress=False)
+        ),
+    )
+    hint = sharing_hint(options.jobs, run_devices(options.config.train.device), mps_running())
+    if hint:
+        log(hint)
+    with worker_pool(options.jobs, options.config.train.device) as pool:
+        futures = {pool.submit(bench_run_in_worker, run, quiet): i for i, run in enumerate(runs)}
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                outcome(futures[future], future.result)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return check_failures()
+
+
+def on_device(options: BenchOptions, device: str) -> BenchOptions:
+    """The options with training and scoring on `device`."""
+    train = dataclasses.replace(options.config.train, device=device)
+    return dataclasses.replace(options, config=dataclasses.replace(options.config, train=train))
+
+
+def bench_run_in_worker(run: BenchRun, options: BenchOptions) -> dict:
+    """`bench_run` on this worker's device (`workers.worker_pool`)."""
+    device = worker_device()
+    return bench_run(run, options if device is None else on_device(options, device))
+
+
+def run_config(run: BenchRun, options: BenchOptions) -> Config:
+    """The run's config: the benchmark's, under the run's seed, keeping every checkpoint."""
+    train = dataclasses.replace(options.config.train, seed=run.seed, keep_checkpoints=0)
+    return dataclasses.replace(options.config, train=train)
+
+
+def bench_run(run: BenchRun, options: BenchOptions) -> dict:
+    """Train what is missing of one run, then score it (or read its score back)."""
+    run_dir = options.out / "runs" / run.name
+    start = time.perf_counter()
+    trained = train_run(run, run_config(run, options), run_dir)
+    wall = time.perf_counter() - start if trained else None
+    record = score_run(run, options, run_dir)
+    record.update(
+        name=run.name,
+        seed=run.seed,
+        run_dir=str(run_dir.relative_to(options.out)),
+        trained_now=trained,
+        wall_seconds=wall,
+    )
+    return record
+
+
+def train_run(run: BenchRun, cfg: Config, run_dir: Path) -> bool:
+    """Train the run up to `cfg.train.steps`, resuming what is there; False when it was finished."""
+    import dreamfusion
+
+    folder = RunDir(run_dir)
+    latest = folder.latest_checkpoint()
+    if folder.config_file.is_file():
+        saved = folder.read_config()
+        if saved.get("prompt") != run.prompt.text:
+            raise UserError(f"{run_dir} holds a run of {saved.get('prompt')!r}; choose another --out")
+        changed = [
+            k
+            for k in flat_diff(
+                saved.get("config", {}),
+                json.loads(json.dumps(to_dict(cfg))),
+                defaults=json.loads(json.dumps(to_dict(Config()))),
+            )
+            if k not in RESUMABLE_CHANGES
+        ]
+        if changed:
+            raise UserError(
+                f"{run_dir} holds a run with other settings ({', '.join(changed)}); "
+                "use the same preset and overrides, or another --out"
+            )
+        if latest is None and _final_score_kept(run_dir, cfg.train.steps):
+            return False  # finished and scored, then its checkpoints were deleted: read back
+        if latest is None:  # cut off before its first checkpoint: nothing to resume
+            shutil.rmtree(run_dir)
+    elif latest is not None:
+        raise UserError(f"{run_dir} has checkpoints but no config.json; choose another --out")
+    if latest is not None and _step_of(latest) >= cfg.train.steps:
+        return False
+    dreamfusion.generate(
+        run.prompt.text,
+        config=cfg,
+        out=run_dir,
+        resume=latest is not None,
+        export_mesh=False,
+        turntable=False,
+    )
+    return True
+
+
+def _saved_score(run_dir: Path) -> dict | None:
+    """RUN/SCORE_FILE ({"key": ..., "record": ...}), or None when it is missing or unreadable."""
+    try:
+        saved = json.loads((run_dir / SCORE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    whole = isinstance(saved, dict) and isinstance(saved.get("key"), dict) and "record" in saved
+    return saved if whole else None
+
+
+def _final_score_kept(run_dir: Path, steps: int) -> bool:
+    """Whether RUN/SCORE_FILE holds a score of the run's final checkpoint."""
+    saved = _saved_score(run_dir)
+    return saved is not None and saved["key"].get("checkpoint") == checkpoint_path(Path(), steps).name
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.stem.split("_")[1])  # step_0001000.safetensors
+
+
+def score_run(run: BenchRun, options: BenchOptions, run_dir: Path) -> dict:
+    """evaluate_run, the time-to-quality curve and the contact-sheet frames of one trained run,
+    read back from RUN/SCORE_FILE when it already scored this checkpoint with these settings."""
+    from dreamfusion.bench.contact_sheet import render_row, row_size
+
+    latest = RunDir(run_dir).latest_checkpoint()
+    final = checkpoint_path(Path(), options.config.train.steps).name  # a run here has finished
+    key = {
+        "checkpoint": latest.name if latest else final,
+        "object": run.prompt.object,
+        "color": run.prompt.color,
+        "resolution": options.resolution,
+        "mesh": options.mesh,
+    }
+    cache, frames = run_dir / SCORE_FILE, run_dir / FRAMES_FILE
+    saved = _saved_score(run_dir)
+    record = saved["record"] if saved is not None and saved["key"] == key else None
+    scored = record is None
+    if latest is None and (scored or row_size(frames) != options.frame_size):
+        raise UserError(
+            f"{run_dir} has no checkpoint left and no score or frames for these settings; "
+            "delete it to train it again, or use the settings it was scored with"
+        )
+    if scored:
+        record = _score(run, options, run_dir)
+        text = json.dumps({"key": key, "record": record}, indent=1)
+        atomic_write(cache, lambda tmp: tmp.write_text(text))
+    if row_size(frames) != options.frame_size:
+        device = options.config.train.device
+        render_row(run_dir, run.prompt.object, run.prompt.color, options.frame_size, frames, device)
+    if not options.keep_checkpoints:
+        prune_checkpoints(run_dir / "checkpoints", 1)
+    return {**record, "scored_now": scored, "frames": str(frames.relative_to(options.out))}
+
+
+def _score(run: BenchRun, options: BenchOptions, run_dir: Path) -> dict:
+    from dreamfusion.eval.fidelity import evaluate_run, quality_curve
+
+    device = options.config.train.device
+    p = run.prompt
+    metrics = evaluate_run(run_dir, p.object, p.color, device, options.resolution, mesh=options.mesh)
+    metrics.setdefault("chamfer", None)  # the key is there with --no-mesh too
+    metrics["curve"] = quality_curve(run_dir, p.object, device, options.resolution, metrics)
+    return _finite(metrics)
+
+
+def _finite(value):
+    """NaN and infinities -> None, so the JSON is strict."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

@@ -1,0 +1,1 @@
+"""What a training view is: cameras around the object, the rays through their pixels, the view's prompt."""

@@ -1,0 +1,1 @@
+"""The optimization: the loop, the regularizers, the optimizer, checkpoints and the run folder."""

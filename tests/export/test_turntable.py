@@ -1,0 +1,144 @@
+"""Turntables of an analytic sphere: frame count and size per mode, hand-computed pixels, relighting."""
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+from PIL import Image
+
+from dreamfusion.cli import main
+from dreamfusion.config import Config
+from dreamfusion.errors import UserError
+from dreamfusion.export.turntable import (
+    MODES,
+    Light,
+    TurntableOptions,
+    parse_light,
+    render_turntable,
+    write_video,
+)
+from dreamfusion.fields import ConstantBackground, SphereField
+from tests.conftest import tiny_config
+
+RADIUS, COLOR, BOUND = 0.45, (0.8, 0.2, 0.2), 0.8
+ALBEDO_8BIT = np.array(COLOR) * 255.0  # (204, 51, 51)
+
+
+def _frames(mode, frames=4, size=24, light="camera:0,0", elevation=0.0):
+    field, background = SphereField(RADIUS, COLOR, BOUND), ConstantBackground((1.0, 1.0, 1.0))
+    options = TurntableOptions(
+        frames=frames, size=size, mode=mode, elevation=elevation, light=parse_light(light)
+    )
+    return render_turntable(field, background, Config(), options)
+
+
+def _center(frame):  # (H, W, 3) -> the mean of the 2 x 2 central pixels, as float
+    h, w = frame.shape[:2]
+    return frame[h // 2 - 1 : h // 2 + 1, w // 2 - 1 : w // 2 + 1].reshape(-1, 3).mean(0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_gives_the_requested_frames_and_size(mode):
+    frames = _frames(mode, frames=5, size=20)
+    assert frames.shape == (5, 20, 20, 3) and frames.dtype == np.uint8
+    corner = frames[0, 0, 0].astype(int)
+    assert corner.tolist() == ([0, 0, 0] if mode == "depth" else [255, 255, 255])
+
+
+def test_center_pixels_match_hand_computed_shading():
+    """The center ray of an elevation-0 camera meets the sphere head-on, normal = toward the camera.
+
+    With the light at the camera (camera:0,0) the Lambert term is 1, so c = albedo (0.9 + 0.1);
+    with the light behind the object (world:180,0 seen from azimuth 0) only the ambient 0.1 is left.
+    """
+    np.testing.assert_allclose(_center(_frames("albedo")[0]), ALBEDO_8BIT, atol=2)
+    np.testing.assert_allclose(_center(_frames("color")[0]), ALBEDO_8BIT, atol=3)
+    np.testing.assert_allclose(_center(_frames("textureless")[0]), [255, 255, 255], atol=3)
+    np.testing.assert_allclose(_center(_frames("color", light="world:180,0")[0]), 0.1 * ALBEDO_8BIT, atol=2)
+    # Frame 0 looks from +x: the normal (1, 0, 0) shows as ((1 + 1) / 2, 1/2, 1/2).
+    np.testing.assert_allclose(_center(_frames("normal")[0]), [255, 127.5, 127.5], atol=4)
+    depth = _frames("depth")[0]
+    assert _center(depth).min() >= 250  # the nearest visible point is white
+    assert 0 < depth[12, 3, 0] < 250  # toward the silhouette: farther, darker, still not background
+
+
+def test_a_world_light_stays_put_while_the_object_turns():
+    """Light fixed at (2.6, 0, 0); cameras every 45 degrees. Seen from azimuth 45 the center point is
+    p = 0.45 (cos 45, sin 45, 0), n = p / 0.45, and n . (L - p) / |L - p| = 0.6027, so
+    c = albedo (0.9 * 0.6027 + 0.1) = 0.6424 albedo; from 90 degrees on only the ambient 0.1 is left."""
+    frames = _frames("color", frames=8, light="world:0,0")
+    np.testing.assert_allclose(_center(frames[0]), ALBEDO_8BIT, atol=3)
+    np.testing.assert_allclose(_center(frames[1]), 0.6424 * ALBEDO_8BIT, atol=4)
+    for k in (2, 3, 4, 5, 6):
+        np.testing.assert_allclose(_center(frames[k]), 0.1 * ALBEDO_8BIT, atol=2)
+    np.testing.assert_allclose(_center(frames[7]), _center(frames[1]), atol=2)  # mirror of 45 degrees
+    # A light that follows the camera sees the same sphere from every side.
+    following = _frames("color", frames=4, light="camera:30,30")
+    assert np.abs(following.astype(int) - following[:1].astype(int)).max() <= 2
+
+
+def test_light_parsing():
+    assert parse_light("camera") == Light("camera", 30.0, 30.0, None)
+    assert parse_light("camera:-45,10") == Light("camera", -45.0, 10.0, None)
+    assert parse_light("world:90,60,3") == Light("world", 90.0, 60.0, 3.0)
+    for bad in ("sun", "world", "world:1", "camera:1,2,3", "world:a,b", "world:0,0,-1"):
+        with pytest.raises(UserError, match="light"):
+            parse_light(bad)
+
+
+def test_video_files_hold_every_frame(tmp_path):
+    frames = _frames("color", frames=6, size=32, light="world:0,0")
+    mp4 = write_video(frames, tmp_path / "t.mp4", fps=10)
+    with imageio.get_reader(mp4, format="FFMPEG") as reader:
+        assert reader.count_frames() == 6
+        assert reader.get_data(0).shape == (32, 32, 3)
+    gif = write_video(frames, tmp_path / "t.gif", fps=10)
+    with Image.open(gif) as image:
+        assert image.n_frames == 6 and image.size == (32, 32)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.gif", "t.mp4"]
+
+
+# ------------------------------------------------------------------------------------- the CLI
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from dreamfusion.api import generate
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    generate("a red sphere", out=out, config=tiny_config(steps=2), export_mesh=False, turntable=False)
+    return out
+
+
+def test_render_command_on_a_saved_run(run, tmp_path, capsys):
+    video = tmp_path / "spin.mp4"
+    argv = ["render", str(run), "--video", str(video), "--frames", "3", "--size", "32", "--mode", "normal"]
+    assert main([*argv, "--light", "world:0,45"]) == 0
+    assert f"turntable:   {video} (3 frames, 32x32, normal)" in capsys.readouterr().out
+    with imageio.get_reader(video, format="FFMPEG") as reader:
+        assert reader.count_frames() == 3
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--mode", "wireframe"], "unknown mode 'wireframe'"),
+        (["--size", "8"], "--size must be between"),
+        (["--size", "5000"], "--size must be between"),
+        (["--size", "33"], "even --size"),
+        (["--frames", "0"], "--frames must be between"),
+        (["--elevation", "95"], "--elevation"),
+        (["--light", "sun"], "--light must be"),
+        (["--video", "{tmp}"], "is a folder"),
+        (["--video", "{tmp}/t.avi"], "must end in .mp4 or .gif"),
+    ],
+)
+def test_render_bad_input_gets_one_line_and_writes_nothing(run, tmp_path, capsys, args, message):
+    before = sorted(p.name for p in run.rglob("*"))
+    code = main(["render", str(run), *[a.format(tmp=tmp_path) for a in args]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert sorted(p.name for p in run.rglob("*")) == before and list(tmp_path.iterdir()) == []
+
+
+def test_render_of_a_folder_without_checkpoint(tmp_path, capsys):
+    assert main(["render", str(tmp_path), "--video", str(tmp_path / "t.gif")]) == 2
+    assert "no checkpoint in" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

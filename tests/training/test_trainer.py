@@ -1,0 +1,219 @@
+"""The training loop: run folders, bit-exact resume, skipped non-finite steps."""
+
+import dataclasses
+import json
+import logging
+
+import pytest
+import torch
+
+from dreamfusion.api import GUIDANCE_BACKENDS, generate
+from dreamfusion.guidance.base import SDSOutput
+from dreamfusion.training.trainer import Trainer, read_metrics
+from tests.conftest import tiny_config
+
+
+def _backend(cfg):
+    return GUIDANCE_BACKENDS[cfg.guidance.name](cfg, torch.device("cpu"))
+
+
+def _state(trainer):
+    out = {f"field.{k}": v for k, v in trainer.field.state_dict().items()}
+    out.update({f"bg.{k}": v for k, v in trainer.background.state_dict().items()})
+    for i, s in trainer.optimizer.state_dict()["state"].items():
+        out.update({f"opt.{i}.{k}": v for k, v in s.items()})
+    return out
+
+
+def test_run_folder_holds_config_checkpoint_previews_metrics(tmp_path):
+    cfg = tiny_config(steps=6, preview_every=3, checkpoint_every=3, log_every=2)
+    result = generate("a red sphere", out=tmp_path / "run", config=cfg)
+    run = tmp_path / "run"
+    assert result.run_dir == run and result.steps == 6
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["prompt"] == "a red sphere" and saved["config"]["train"]["steps"] == 6
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "step_0000003.safetensors",
+        "step_0000006.safetensors",
+    ]
+    assert result.checkpoint == run / "checkpoints" / "step_0000006.safetensors"
+    assert {p.name for p in (run / "previews").iterdir()} == {
+        "step_0000003.png",
+        "step_0000006.png",
+        "final.png",
+    }
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [2, 4, 6]
+    assert all(set(m["timings"]) >= {"render", "guidance", "backward", "optimizer"} for m in lines)
+    assert isinstance(result.field, torch.nn.Module)
+
+
+@pytest.mark.parametrize("interrupt_at", [3, 4])
+def test_resume_equals_uninterrupted_to_the_bit(tmp_path, interrupt_at):
+    cfg = tiny_config(steps=8, checkpoint_every=100)
+    cfg = dataclasses.replace(cfg, shading=dataclasses.replace(cfg.shading, albedo_warmup_steps=3))
+    straight = Trainer("a red sphere", cfg, tmp_path / "a", _backend(cfg))
+    straight.train()
+
+    first = Trainer("a red sphere", cfg, tmp_path / "b", _backend(cfg))
+    for _ in range(interrupt_at):
+        first.train_step()
+    first.save()
+    del first
+    resumed = Trainer("a red sphere", cfg, tmp_path / "b", _backend(cfg), resume=True)
+    assert resumed.step == interrupt_at
+    resumed.train()
+
+    a, b = _state(straight), _state(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_stop_request_saves_then_resumes(tmp_path):
+    cfg = tiny_config(steps=5, checkpoint_every=100)
+    trainer = Trainer("a red sphere", cfg, tmp_path / "run", _backend(cfg))
+    trainer._stop_requested = True  # what Ctrl-C sets
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert (tmp_path / "run" / "checkpoints" / "step_0000001.safetensors").is_file()
+    resumed = Trainer("a red sphere", cfg, tmp_path / "run", _backend(cfg), resume=True)
+    resumed.train()
+    assert resumed.step == 5
+
+
+class _PoisonOnce:
+    """Wraps a backend; its loss is NaN at one chosen call."""
+
+    def __init__(self, inner, bad_call):
+        self.inner, self.bad_call, self.calls = inner, bad_call, 0
+
+    def embed(self, prompts):
+        return self.inner.embed(prompts)
+
+    def sds_loss(self, images, *args, **kwargs):
+        self.calls += 1
+        out = self.inner.sds_loss(images, *args, **kwargs)
+        if self.calls == self.bad_call:
+            return SDSOutput(loss=out.loss * float("nan"), timesteps=out.timesteps, grad_norm=out.grad_norm)
+        return out
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_non_finite_step_is_skipped_with_a_warning(tmp_path, caplog, device):
+    # On CUDA the optimizer is fused and drops the update itself (found_inf), with no sync.
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device: the fused optimizer's device-side skip is not exercised")
+    cfg = tiny_config(steps=4)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=device))
+    backend = GUIDANCE_BACKENDS[cfg.guidance.name](cfg, torch.device(device))
+    trainer = Trainer("a red sphere", cfg, tmp_path / "run", _PoisonOnce(backend, bad_call=2))
+    trainer.train_step()
+    before = {k: v.clone() for k, v in _state(trainer).items()}
+    metrics = trainer.train_step()
+    assert isinstance(metrics["skipped"], torch.Tensor)  # on the device: nothing waited for it
+    assert metrics["skipped"] and trainer.skipped_steps == 1
+    with caplog.at_level(logging.WARNING, logger="dreamfusion"):
+        trainer.report_skipped()
+        trainer.report_skipped()  # once per dropped step, not again
+    assert caplog.text.count("non-finite") == 1 and "1 step(s) up to step 2" in caplog.text
+    after = _state(trainer)  # parameters and Adam's moments and step count untouched
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.isfinite(v).all() for v in after.values())
+    trainer.train_step()  # and training goes on, changing the field again
+    assert any(not torch.equal(before[k], v) for k, v in _state(trainer).items())
+    assert not trainer.train_step()["skipped"]
+
+
+def test_same_seed_same_result(tmp_path):
+    cfg = tiny_config(steps=3)
+    a = generate("a red sphere", out=tmp_path / "a", config=cfg)
+    b = generate("a red sphere", out=tmp_path / "b", config=cfg)
+    c = generate(
+        "a red sphere",
+        out=tmp_path / "c",
+        config=dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=1)),
+    )
+    sa, sb, sc = a.field.state_dict(), b.field.state_dict(), c.field.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa)
+
+
+class _Quadratic:
+    """A deterministic stand-in for a prior: pulls every pixel toward 0.3."""
+
+    def embed(self, prompts):
+        return None
+
+    def sds_loss(self, images, embeddings, prompt_index, cameras, generator, progress, shading=None):
+        loss = ((images - 0.3) ** 2).mean(dim=(1, 2, 3)).mean()
+        return SDSOutput(loss=loss, timesteps=torch.zeros(len(images)), grad_norm=loss.detach())
+
+
+def test_micro_batches_give_the_whole_batch_gradient(tmp_path):
+    grads = []
+    for micro in (0, 1, 2):
+        cfg = tiny_config(steps=1, batch_size=4, micro_batch=micro)
+        cfg = dataclasses.replace(
+            cfg,
+            render=dataclasses.replace(cfg.render, stratified=False),
+            shading=dataclasses.replace(cfg.shading, albedo_warmup_steps=0),
+        )
+        trainer = Trainer("a red sphere", cfg, tmp_path / f"run{micro}", _Quadratic())
+        trainer.optimizer.step = lambda: None  # keep the gradients of the step for comparison
+        trainer.train_step()
+        grads.append([p.grad.clone() for p in trainer._params() if p.grad is not None])
+    for other in grads[1:]:
+        assert len(other) == len(grads[0])
+        for a, b in zip(grads[0], other, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+class _Recorder(_Quadratic):
+    def __init__(self):
+        self.images = []
+
+    def sds_loss(self, images, *args, **kwargs):
+        self.images.append(images.detach().clone())
+        return super().sds_loss(images, *args, **kwargs)
+
+
+def test_random_background_gives_each_view_its_own_color(tmp_path):
+    cfg = tiny_config(steps=2, batch_size=3)
+    cfg = dataclasses.replace(cfg, background=dataclasses.replace(cfg.background, kind="random"))
+    recorder = _Recorder()
+    trainer = Trainer("a red sphere", cfg, tmp_path / "run", recorder)
+    trainer.train_step()
+    trainer.train_step()
+    corners = torch.cat([img[:, :, 0, 0] for img in recorder.images])  # (6, 3): rays that miss the field
+    assert corners.min() >= 0.0 and corners.max() <= 1.0
+    assert torch.cdist(corners, corners).add(torch.eye(6)).min() > 1e-3  # all six colors differ
+    assert not torch.allclose(corners, torch.ones_like(corners))  # not the preview color (white)
+
+
+def test_distortion_loss_joins_the_loss_when_weighted(tmp_path):
+    """regularizers.distortion_weight > 0 adds the distortion loss to the step's loss (and logs
+    it); at 0 it is not computed."""
+    cfg = tiny_config(steps=1)
+    on = dataclasses.replace(cfg, regularizers=dataclasses.replace(cfg.regularizers, distortion_weight=10.0))
+    off_step = read_metrics(Trainer("a red sphere", cfg, tmp_path / "off", _backend(cfg)).train_step())
+    on_step = read_metrics(Trainer("a red sphere", on, tmp_path / "on", _backend(on)).train_step())
+    assert off_step["distortion"] == 0.0 and on_step["distortion"] > 0.0
+    # Same seed, same render: the losses differ by exactly the weighted term.
+    assert on_step["sds"] == pytest.approx(off_step["sds"], rel=1e-5)
+    assert on_step["loss"] - off_step["loss"] == pytest.approx(10.0 * on_step["distortion"], rel=1e-4)
+
+
+def test_optimizer_is_fused_on_cuda_only():
+    """On CUDA, Adam runs its fused kernel (one launch for all tensors); on the CPU, PyTorch's default."""
+    from dreamfusion.config import OptimConfig
+    from dreamfusion.training.optim import build_optimizer
+
+    def fused(device):
+        field, background = torch.nn.Linear(3, 4).to(device), torch.nn.Linear(3, 3).to(device)
+        return build_optimizer(field, background, OptimConfig()).defaults.get("fused")
+
+    assert not fused("cpu")
+    if not torch.cuda.is_available():
+        pytest.skip("the CUDA half needs a GPU")
+    assert fused("cuda") is True
