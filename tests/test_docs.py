@@ -1,0 +1,73 @@
+"""The figures in README.md and docs/results.md are the ones in the JSON the benchmarks wrote.
+
+Each check formats a value read from docs/results/*.json the way the documents print it and
+requires that text in both documents, so a figure cannot drift from its source.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+
+
+def _json(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def _docs() -> dict[str, str]:
+    return {name: (ROOT / name).read_text() for name in ("README.md", "docs/results.md")}
+
+
+def _speed_row(what: str) -> list[float]:
+    rows = [r for r in _json("speed.json")["rows"] if r["what"].startswith(what)]
+    assert len(rows) == 1, f"one speed row starts with {what!r}"
+    return rows[0]["seconds_per_iteration"]
+
+
+def _fidelity_figures() -> list[str]:
+    report = _json("fidelity_v2_h100.json")
+    s = report["summary"]
+    red_cube = next(r for r in report["runs"] if r["name"] == "cube-red-s0")
+    return [
+        f"{s['primitives']['mean_iou']:.3f}",
+        f"{s['primitives']['shape_correct']}/{s['primitives']['runs']}",
+        f"{s['color_nearest']}/{s['runs']}",
+        f"{s['front_right']}/{s['fronted_runs']}",
+        f"{red_cube['train_seconds']:.1f} s",
+        f"{red_cube['iou']:.3f}",
+    ]
+
+
+def _speed_figures() -> list[str]:
+    figures = []
+    for what in ("default preset, bundled prior", "default preset, SD-2.1", "default preset, IF-I-XL"):
+        seconds = _speed_row(what)
+        figures.append(f"{sum(seconds) / len(seconds):.3f}")
+    cpu = _speed_row("cpu preset, bundled prior")
+    figures.append(f"{min(cpu):.2f}-{max(cpu):.2f}")
+    return figures
+
+
+def _cpu_job_figures() -> list[str]:
+    job = _json("cpu_main_job.json")
+    minutes, seconds = job["wall_clock"].split(":")
+    return [f"{int(minutes)} min {round(float(seconds))} s", f"{job['iou']:.3f}"]
+
+
+@pytest.mark.parametrize("figures", [_fidelity_figures, _speed_figures, _cpu_job_figures])
+def test_documents_print_the_measured_figures(figures):
+    docs = _docs()
+    for text in figures():
+        for name, body in docs.items():
+            assert text in body, f"{name} does not show {text!r}, the figure in docs/results/"
+
+
+def test_results_folder_holds_summaries_only():
+    files = [p for p in RESULTS.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) < 3 * 2**20
+    assert all(p.suffix in {".json", ".png"} for p in files)
