@@ -1,4 +1,5 @@
-"""Configuration: nested dataclasses, one docstring per field (tyro turns them into CLI help).
+"""Configuration: `Config` composes the component configs, each defined beside what it configures
+(one docstring per field; tyro turns them into CLI help).
 
 Every number of the method is a field here. The paper's values live in the `paper` preset
 (`dreamfusion.presets`); the defaults below are the project's own choices for a hash-grid field
@@ -12,195 +13,34 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from dreamfusion.errors import UserError
+from dreamfusion.fields.background import BackgroundConfig
+from dreamfusion.fields.base import FieldConfig
+from dreamfusion.guidance.sds import SDSConfig
+from dreamfusion.render.renderer import RenderConfig
+from dreamfusion.render.shading import ShadingConfig
+from dreamfusion.scene.cameras import CameraConfig
+from dreamfusion.training.config import TrainConfig
+from dreamfusion.training.optim import OptimConfig
+from dreamfusion.training.regularizers import RegularizerConfig
 
-
-@dataclass
-class CameraConfig:
-    """Where training cameras and point lights are sampled (paper section 3, step 1)."""
-
-    resolution: int = 64
-    """Rendered image width and height in pixels."""
-    elevation_range: tuple[float, float] = (-10.0, 90.0)
-    """Camera elevation above the xy-plane, in degrees."""
-    azimuth_range: tuple[float, float] = (0.0, 360.0)
-    """Camera azimuth in degrees; 0 looks at the object's front (+x)."""
-    distance_range: tuple[float, float] = (1.0, 1.5)
-    """Camera distance from the origin."""
-    focal_range: tuple[float, float] = (0.7, 1.35)
-    """Focal length multiplier lambda: focal = lambda * resolution (in pixels)."""
-    uniform_sphere_fraction: float = 0.5
-    """Share of cameras drawn uniformly on the sphere; the rest are uniform in elevation angle."""
-    lookat_jitter: float = 0.05
-    """Standard deviation of the look-at point around the origin."""
-    up_jitter: float = 0.02
-    """Standard deviation of the noise added to the +z up vector before orthogonalizing."""
-    light_distance_range: tuple[float, float] = (0.8, 1.5)
-    """Distance of the point light from the origin."""
-    light_jitter: float = 1.0
-    """Standard deviation of the noise added to the camera direction to place the light."""
-    bottom_view_below: float | None = None
-    """Cameras below this elevation get the prompt suffix ", bottom view" (None: never, as in the paper)."""
-
-
-@dataclass
-class FieldConfig:
-    """The 3D field: density and albedo at points inside the bounding sphere."""
-
-    kind: Literal["mlp", "hashgrid"] = "hashgrid"
-    """Which field: the paper's MLP with positional encoding, or a pure-PyTorch hash grid."""
-    bound_radius: float = 0.8
-    """Radius of the bounding sphere; the field is queried only inside it."""
-    density_activation: Literal["exp", "softplus"] = "softplus"
-    """Activation turning the raw density into a non-negative density."""
-    blob_density: float = 10.0
-    """lambda of the initial density blob tau_init = lambda * exp(-|x|^2 / (2 sigma^2))."""
-    blob_radius: float = 0.5
-    """sigma of the initial density blob."""
-    density_bias: float = 0.0
-    """Added to the raw density everywhere, blob included (beyond the paper). Under exp, a raw value of 0
-    is a density of 1, a fog through the whole bounding sphere at initialization; -3 starts empty space
-    at e^-3 = 0.05 instead."""
-    mlp_width: int = 128
-    """Hidden width of the MLP field."""
-    mlp_depth: int = 4
-    """Hidden layers of the MLP field."""
-    pe_frequencies: int = 8
-    """Octaves of the positional encoding of the MLP field."""
-    hash_levels: int = 16
-    """Resolution levels of the hash grid."""
-    hash_features: int = 2
-    """Features per level of the hash grid."""
-    hash_log2_size: int = 19
-    """log2 of the number of entries of each level's hash table."""
-    hash_base_resolution: int = 16
-    """Grid resolution of the coarsest level."""
-    hash_max_resolution: int = 1024
-    """Grid resolution of the finest level."""
-    hash_mlp_width: int = 64
-    """Hidden width of the small MLP decoding hash-grid features."""
-    hash_mlp_depth: int = 2
-    """Hidden layers of the small MLP decoding hash-grid features."""
-    activation: Literal["softplus", "silu", "relu"] = "softplus"
-    """Hidden activation of both fields' MLPs; softplus and silu keep second derivatives (normals) smooth."""
-
-
-@dataclass
-class BackgroundConfig:
-    """What rays that leave the bounding sphere see."""
-
-    kind: Literal["envmap", "constant", "random"] = "envmap"
-    """envmap: an MLP on the encoded ray direction (the paper); constant: a fixed color; random: a
-    new uniformly random solid color for every training view (so only the object can carry the
-    prompt's color), `color` for previews and exports."""
-    color: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    """The fixed background color (kind=constant; previews and exports of kind=random)."""
-    frequencies: int = 4
-    """Octaves of the direction encoding of the environment map."""
-    width: int = 32
-    """Hidden width of the environment-map MLP."""
-
-
-@dataclass
-class RenderConfig:
-    """Volume rendering along rays."""
-
-    samples_per_ray: int = 64
-    """Samples along each ray inside the bounding sphere."""
-    stratified: bool = True
-    """Jitter sample positions within their bins during training."""
-    chunk_rays: int = 0
-    """Render at most this many rays at once (0: all); bounds memory at evaluation."""
-    occupancy_grid: bool = False
-    """Training skips samples in empty space: the field is evaluated only in the cells of a coarse grid
-    that it marked occupied at the last refresh (Instant-NGP; see dreamfusion.render.occupancy). Previews and
-    exports always evaluate every sample."""
-    occupancy_resolution: int = 64
-    """Cells per side of the occupancy grid over the bounding cube."""
-    occupancy_threshold: float = 0.01
-    """A cell is occupied above this density (or above the mean over the sphere's cells, if lower)."""
-    occupancy_decay: float = 0.5
-    """Each refresh keeps max(decay * previous, new reading) per cell; lower forgets emptied space sooner."""
-    occupancy_update_every: int = 16
-    """Refresh the grid every N training steps."""
-    occupancy_warmup_steps: int = 0
-    """First refresh at this step; before it every cell counts as occupied (exact renders)."""
-
-
-@dataclass
-class ShadingConfig:
-    """Shading of each sample and the schedule of shading modes (paper section 3, step 2)."""
-
-    ambient: float = 0.1
-    """Ambient light l_a."""
-    light_intensity: float = 0.9
-    """Point-light color l_p (grey)."""
-    albedo_warmup_steps: int = 1000
-    """Render the albedo alone for this many first steps."""
-    shaded_probability: float = 0.75
-    """After warm-up: probability of a lit render (else albedo only)."""
-    textureless_probability: float = 0.5
-    """Of lit renders: probability of a textureless one (white albedo)."""
-
-
-@dataclass
-class RegularizerConfig:
-    """Geometry regularizers (paper appendix A.2)."""
-
-    orientation_weight: float = 1e-2
-    """Final weight of the orientation loss (Ref-NeRF) with stop-gradient weights."""
-    orientation_weight_start: float = 1e-4
-    """Weight of the orientation loss at step 0; ramps linearly to the final weight."""
-    orientation_ramp_steps: int = 5000
-    """Steps over which the orientation weight ramps up."""
-    opacity_weight: float = 1e-3
-    """Final weight of the opacity loss sqrt(alpha^2 + 0.01)."""
-    opacity_weight_start: float = 1e-3
-    """Weight of the opacity loss at step 0."""
-    opacity_ramp_steps: int = 0
-    """Steps over which the opacity weight ramps up."""
-    distortion_weight: float = 0.0
-    """Weight of mip-NeRF 360's distortion loss (beyond the paper; 0 = off): it draws each ray's
-    weight into one short interval, a surface rather than a fog."""
-    interior_weight: float = 0.0
-    """Final weight of the interior loss (beyond the paper; 0 = off; needs render.occupancy_grid): it
-    raises the density inside the body, which no render sees, to interior_density, so that the body is
-    solid rather than a shell around speckle."""
-    interior_weight_start: float = 0.0
-    """Weight of the interior loss at step 0; ramps linearly to the final weight. A light start leaves
-    SDS free to carve through the initial blob (a torus's hole) before the inside fills."""
-    interior_ramp_steps: int = 0
-    """Steps over which the interior weight ramps up (0: the final weight from the first step)."""
-    interior_density: float = 100.0
-    """Density (world units) the interior loss raises hidden cells to."""
-    interior_depth: float = 1.0
-    """A cell counts as inside when the occupancy grid's readings put this optical depth between it and
-    the outside from each of the six axis directions (1: under 37% of the light reaches it)."""
-    interior_points: int = 4096
-    """Points drawn in the hidden cells per step."""
-
-
-@dataclass
-class SDSConfig:
-    """Score distillation sampling, shared by every guidance backend."""
-
-    t_range: tuple[float, float] = (0.02, 0.98)
-    """Diffusion timesteps are drawn uniformly from this fraction of the model's range."""
-    guidance_scale: float = 100.0
-    """Classifier-free guidance weight omega."""
-    cfg_formulation: Literal["uncond", "cond"] = "uncond"
-    """uncond: eps_u + omega (eps_c - eps_u) (the paper); cond: eps_c + omega (eps_c - eps_u)."""
-    weighting: Literal["sigma2", "uniform", "snr_sqrt"] = "sigma2"
-    """w(t): sigma2 = 1 - alphabar_t (the paper), uniform = 1, snr_sqrt = sqrt(alphabar_t) sigma_t."""
-    grad_clip: float = 0.0
-    """Clip |w (eps_hat - eps)| elementwise at this value (0: off)."""
-    t_anneal: Literal["none", "linear", "sqrt", "step"] = "none"
-    """Lower the top of t_range over training (beyond the paper): none keeps t_range; linear and sqrt move
-    t_max from t_range[1] to t_anneal_end between t_anneal_start and the end; step jumps at t_anneal_start.
-    Applied by the diffusers backends from the trainer's progress."""
-    t_anneal_end: float = 0.5
-    """t_max at the end of training when t_anneal is not none (fraction of the model's timesteps)."""
-    t_anneal_start: float = 0.0
-    """Fraction of training before which t_range is used unchanged (step: the fraction where t_max jumps)."""
+# The section classes are re-exported: `from dreamfusion.config import SDSConfig` reads as well as
+# importing from the component.
+__all__ = [
+    "BackgroundConfig",
+    "CameraConfig",
+    "Config",
+    "FieldConfig",
+    "GuidanceConfig",
+    "OptimConfig",
+    "RegularizerConfig",
+    "RenderConfig",
+    "SDSConfig",
+    "ShadingConfig",
+    "TrainConfig",
+    "from_dict",
+    "to_dict",
+    "validate_config",
+]
 
 
 @dataclass
@@ -287,66 +127,6 @@ class GuidanceConfig:
     """Perp-Neg (a, b, c): weight of the side prompt as a negative, side to back; r = 1 at the side."""
     perp_neg_front_back: tuple[float, float, float] = (1.0, 0.5, 0.967)
     """Perp-Neg (a, b, c): weight of the front prompt as a negative, side to back; r = 1 at the side."""
-
-
-@dataclass
-class OptimConfig:
-    """Optimizer and learning-rate schedule."""
-
-    optimizer: Literal["adam", "adamw"] = "adam"
-    """Optimizer (the paper used Distributed Shampoo, not in PyTorch; see docs)."""
-    lr: float = 1e-2
-    """Peak learning rate of the field."""
-    background_lr: float = 1e-3
-    """Learning rate of the environment-map MLP."""
-    betas: tuple[float, float] = (0.9, 0.99)
-    """Adam betas."""
-    eps: float = 1e-15
-    """Adam epsilon (small: hash-grid features see sparse gradients)."""
-    weight_decay: float = 0.0
-    """Decoupled weight decay (adamw)."""
-    schedule: Literal["constant", "cosine"] = "constant"
-    """Learning-rate schedule after warm-up."""
-    warmup_steps: int = 0
-    """Linear warm-up from 0 to the peak learning rate."""
-    final_lr: float = 1e-6
-    """Learning rate at the last step (cosine)."""
-    grad_clip_norm: float = 0.0
-    """Clip the global gradient norm at this value (0: off)."""
-
-
-@dataclass
-class TrainConfig:
-    """The loop: length, batch, seeds, logging and checkpoints."""
-
-    steps: int = 10000
-    """Optimizer steps."""
-    batch_size: int = 1
-    """Views rendered per step."""
-    micro_batch: int = 0
-    """Views rendered and back-propagated at once (0: the whole batch); bounds memory, same gradient."""
-    seed: int = 0
-    """Seed of every random draw of the run."""
-    device: str = "cpu"
-    """cpu or cuda (or cuda:N)."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Autocast dtype of the field on CUDA; float32 everywhere on CPU."""
-    log_every: int = 10
-    """Write a metrics line every N steps."""
-    preview_every: int = 500
-    """Save a preview image every N steps (0: off)."""
-    checkpoint_every: int = 1000
-    """Save a checkpoint every N steps (and always at the end)."""
-    keep_checkpoints: int = 2
-    """How many checkpoints to keep."""
-    progress: bool = True
-    """Show a progress bar with loss and ETA."""
-    tensorboard: bool = False
-    """Also write TensorBoard scalars (needs the tensorboard package)."""
-    profile: bool = False
-    """Synchronize the device around each phase so the logged timings are exact (slower on CUDA)."""
-    preview_resolution: int = 64
-    """Width and height of preview renders."""
 
 
 @dataclass

@@ -22,11 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dreamfusion.config import GuidanceConfig, SDSConfig
+from dreamfusion.config import GuidanceConfig
 from dreamfusion.errors import UserError
 from dreamfusion.guidance import sds
 from dreamfusion.guidance.base import SDSOutput
 from dreamfusion.guidance.graphs import GraphedForward
+from dreamfusion.guidance.sds import SDSConfig
 from dreamfusion.guidance.unet_sds import annealed_t_range
 from dreamfusion.prior.model import PriorModel, expected_sha256, load_prior, sha256_sidecar
 from dreamfusion.prior.text import TextStates

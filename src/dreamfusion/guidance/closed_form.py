@@ -21,11 +21,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from dreamfusion.config import GuidanceConfig, SDSConfig, ShadingConfig
+from dreamfusion.config import GuidanceConfig
 from dreamfusion.guidance import sds
 from dreamfusion.guidance.base import SDSOutput
+from dreamfusion.guidance.sds import SDSConfig
 from dreamfusion.prior.schedule import NoiseSchedule
-from dreamfusion.render.shading import SHADING_MODES, ShadingMode, shade
+from dreamfusion.render.shading import SHADING_MODES, ShadingConfig, ShadingMode, shade
 from dreamfusion.scene.cameras import Cameras
 from dreamfusion.scene.rays import generate_rays, intersect_sphere
 

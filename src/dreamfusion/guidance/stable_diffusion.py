@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dreamfusion.config import GuidanceConfig, SDSConfig
+from dreamfusion.config import GuidanceConfig
 from dreamfusion.errors import UserError
 from dreamfusion.guidance.base import SDSOutput
 from dreamfusion.guidance.diffusers_common import (
@@ -31,6 +31,7 @@ from dreamfusion.guidance.diffusers_common import (
     resolve_dtype,
 )
 from dreamfusion.guidance.graphs import CompiledOrEager, compile_by_default
+from dreamfusion.guidance.sds import SDSConfig
 from dreamfusion.guidance.unet_sds import check_images, frozen_unet, guided_sds
 from dreamfusion.scene.cameras import Cameras
 

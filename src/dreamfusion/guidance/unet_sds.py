@@ -16,12 +16,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dreamfusion.config import GuidanceConfig, SDSConfig
+from dreamfusion.config import GuidanceConfig
 from dreamfusion.guidance import sds
 from dreamfusion.guidance.base import SDSOutput
 from dreamfusion.guidance.diffusers_common import PromptEmbeddings
 from dreamfusion.guidance.graphs import CompiledOrEager, GraphedForward, compile_by_default
 from dreamfusion.guidance.perp_neg import UNCOND, perp_neg_conditional, perp_neg_plan
+from dreamfusion.guidance.sds import SDSConfig
 from dreamfusion.prior.schedule import to_epsilon
 from dreamfusion.scene.cameras import Cameras
 from dreamfusion.scene.prompts import VIEWS
