@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from dreamfusion.config import Config
+from dreamfusion.config import Config, guidance_config
 from dreamfusion.errors import UserError
 from dreamfusion.guidance.base import Guidance
 from dreamfusion.presets import PRESETS
@@ -105,15 +105,9 @@ def resolve_config(
     if device is not None:
         train = dataclasses.replace(train, device=device)
     config = dataclasses.replace(config, train=train)
-    if guidance is not None:
-        chosen = dataclasses.replace(config.guidance, name=guidance)
-        if guidance != "bundled":  # a preset's high-noise expert pairs bundled priors only
-            chosen = dataclasses.replace(chosen, high_noise_model=None)
-        config = dataclasses.replace(config, guidance=chosen)
-    if config.guidance.name not in GUIDANCE_BACKENDS:
-        raise UserError(
-            f"unknown guidance '{config.guidance.name}'; choose one of: {', '.join(GUIDANCE_BACKENDS)}"
-        )
+    if guidance is not None and guidance != config.guidance.name:
+        # Another backend starts from its own defaults: no setting means the same to two priors.
+        config = dataclasses.replace(config, guidance=guidance_config(guidance))
     return config
 
 
@@ -194,8 +188,8 @@ def apply_overrides(cfg, extra: list[str], prog: str):
 
     from dreamfusion.config import Config
 
-    parsed = tyro.cli(Config, default=cfg, args=extra, prog=prog)
-    if parsed.guidance.model != cfg.guidance.model:
+    parsed = tyro.cli(Config, default=cfg, args=extra, prog=prog, config=(tyro.conf.CascadeSubcommandArgs,))
+    if getattr(parsed.guidance, "model", None) != getattr(cfg.guidance, "model", None):
         parsed = own_prior(parsed, extra)
     return parsed
 
@@ -205,6 +199,6 @@ def own_prior(cfg, extra: list[str]):
     high-noise expert is a fine-tune of the packaged prior, so it stays only when named
     (`--guidance.high-noise-model`)."""
     named = {"--guidance.high-noise-model", "--guidance.high_noise_model"}
-    if any(flag.split("=", 1)[0] in named for flag in extra):
+    if cfg.guidance.name != "bundled" or any(flag.split("=", 1)[0] in named for flag in extra):
         return cfg
     return dataclasses.replace(cfg, guidance=dataclasses.replace(cfg.guidance, high_noise_model=None))

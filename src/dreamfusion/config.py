@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any
+
+import tyro
 
 from dreamfusion.errors import UserError
 from dreamfusion.fields.background import BackgroundConfig
 from dreamfusion.fields.base import FieldConfig
+from dreamfusion.guidance.bundled import BundledGuidanceConfig
+from dreamfusion.guidance.closed_form import ClosedFormGuidanceConfig
+from dreamfusion.guidance.deepfloyd_if import DeepFloydIFConfig
 from dreamfusion.guidance.sds import SDSConfig
+from dreamfusion.guidance.stable_diffusion import StableDiffusionConfig
 from dreamfusion.render.renderer import RenderConfig
 from dreamfusion.render.shading import ShadingConfig
 from dreamfusion.scene.cameras import CameraConfig
@@ -27,6 +33,12 @@ from dreamfusion.training.regularizers import RegularizerConfig
 # importing from the component.
 __all__ = [
     "BackgroundConfig",
+    "BundledGuidanceConfig",
+    "ClosedFormGuidanceConfig",
+    "DeepFloydIFConfig",
+    "StableDiffusionConfig",
+    "GUIDANCE_CONFIGS",
+    "guidance_config",
     "CameraConfig",
     "Config",
     "FieldConfig",
@@ -42,91 +54,35 @@ __all__ = [
     "validate_config",
 ]
 
+# Which prior scores the renders: one config class per backend, told apart by `name`. On the command
+# line each is a subcommand named after its backend, so `--help` of one lists only its own options.
+GuidanceConfig = (
+    Annotated[BundledGuidanceConfig, tyro.conf.subcommand("bundled", prefix_name=False)]
+    | Annotated[StableDiffusionConfig, tyro.conf.subcommand("stable-diffusion", prefix_name=False)]
+    | Annotated[DeepFloydIFConfig, tyro.conf.subcommand("deepfloyd-if", prefix_name=False)]
+    | Annotated[ClosedFormGuidanceConfig, tyro.conf.subcommand("closed-form", prefix_name=False)]
+)
 
-@dataclass
-class GuidanceConfig:
-    """Which frozen text-to-image prior scores the renders."""
+GUIDANCE_CONFIGS: dict[str, type] = {
+    "bundled": BundledGuidanceConfig,
+    "stable-diffusion": StableDiffusionConfig,
+    "deepfloyd-if": DeepFloydIFConfig,
+    "closed-form": ClosedFormGuidanceConfig,
+}
 
-    name: str = "bundled"
-    """Guidance backend; see `dreamfusion generate --help` for the list."""
-    model: str | None = None
-    """Hub id or local folder of the backend's weights (backends that need one)."""
-    shading_aware: bool = True
-    """bundled: tell the prior how each render was shaded (albedo, lit, textureless) rather than
-    "any shading"; without it, textureless-looking white objects also satisfy a color prompt."""
-    high_noise_model: str | None = None
-    """bundled: a second prior (.safetensors) that denoises from `high_noise_from` up, the first one
-    below (`prior.experts.Experts`), or "bundled" for the one in the package: a fine-tune that
-    learned the azimuth at high noise (docs/results/fidelity_h100x4_expert/). The `cpu` and `default`
-    presets take "bundled"; on the command line a prior of your own (`--guidance.model`) drops it
-    unless this flag is given too, and None runs the first prior alone."""
-    high_noise_from: float = 0.6
-    """bundled: first timestep of `high_noise_model`, as a fraction of the schedule."""
-    target_shape: Literal["sphere"] = "sphere"
-    """closed-form: the known object whose renders are the data distribution."""
-    target_radius: float = 0.45
-    """closed-form: radius of the target sphere."""
-    target_color: tuple[float, float, float] = (0.8, 0.2, 0.2)
-    """closed-form: albedo of the target when the prompt names no known color."""
-    data_std: float = 0.05
-    """closed-form: standard deviation of the Gaussian data around each target image ([-1, 1] units)."""
-    uncond_std: float = 0.5
-    """closed-form: standard deviation of the unconditional (empty prompt) Gaussian around mid-grey."""
-    target_modes: tuple[Literal["albedo", "lambertian", "textureless"], ...] = (
-        "albedo",
-        "lambertian",
-        "textureless",
-    )
-    """closed-form: shading modes of the target renders forming the equally weighted data mixture."""
-    noise_schedule: Literal["linear", "cosine"] = "linear"
-    """closed-form: DDPM noise schedule of the model (linear betas 1e-4..0.02, or cosine), T = 1000."""
-    revision: str | None = None
-    """stable-diffusion, deepfloyd-if: Hub revision (branch, tag or commit) of a hub id in `model`."""
-    variant: str | None = "auto"
-    """stable-diffusion, deepfloyd-if: weight-file variant such as fp16; auto: fp16 files when loading in
-    float16 and they exist (or when a folder holds only those), else the full files; None: full files."""
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    """stable-diffusion, deepfloyd-if: frozen model precision (auto: float16 on CUDA, float32 on CPU)."""
-    image_size: int = 0
-    """stable-diffusion: renders are resized to this before the VAE; deepfloyd-if: before the U-Net.
-    0: the model's native size (512 for SD 1.x/2.x-base, 64 for IF stage I)."""
-    negative_prompt: str = ""
-    """stable-diffusion, deepfloyd-if: prompt of the 'unconditional' branch of classifier-free guidance."""
-    cache_dir: str | None = None
-    """stable-diffusion, deepfloyd-if: folder of the prompt-embedding cache; None: $DREAMFUSION_CACHE or
-    ~/.cache/dreamfusion (model weights stay in the Hugging Face cache, see HF_HOME)."""
-    embedding_cache: bool = True
-    """stable-diffusion, deepfloyd-if: reuse prompt embeddings saved on disk (keyed by model and text)."""
-    cuda_graphs: bool = True
-    """On CUDA, replay the frozen denoiser's forward from a CUDA graph (one launch instead of hundreds)."""
-    compile: bool | None = None
-    """stable-diffusion, deepfloyd-if: torch.compile the U-Net and (stable-diffusion) the VAE encoder: a
-    minute or two of compiling at the first steps (less once PyTorch has cached it), faster after. None: on
-    CUDA only. If compiling fails, the model runs eagerly, with a warning."""
-    channels_last: bool = False
-    """stable-diffusion, deepfloyd-if: keep the U-Net in channels_last memory format, which recent NVIDIA
-    GPUs run faster in float16. SD's VAE encoder stays channels-first: channels_last made its forward and
-    backward slower on an H100, eager and compiled (benchmarks/guidance_gpu.py)."""
-    latent_warmup: float = 0.0
-    """stable-diffusion: fraction of training (0 to 1) in which the render is the latent itself, not
-    encoded by the VAE (Latent-NeRF; stable-dreamfusion's latent_iter_ratio): the normal map's colors
-    (n + 1) / 2 and the opacity, over black, are the four latent channels, resized to the latent size
-    and scaled to [-1, 1]. Coarse geometry without the VAE's cost. 0: off."""
-    vae_slicing: bool = False
-    """stable-diffusion: encode a batch through the VAE one image at a time (less memory, a little slower)."""
-    perp_neg: bool = False
-    """stable-diffusion, deepfloyd-if: Perp-Neg (Armandpour et al. 2023): the positive prompt interpolates the
-    view prompts by azimuth and the other views' prompts act as perpendicular negatives, against multi-face
-    objects. Costs two more U-Net evaluations per image."""
-    perp_neg_front_side: tuple[float, float, float] = (4.0, 0.5, -2.426)
-    """Perp-Neg (a, b, c): weight a exp(-b r) + c of the front prompt as a negative, front to side;
-    r = 1 at the front."""
-    perp_neg_side_front: tuple[float, float, float] = (4.0, 0.5, -2.426)
-    """Perp-Neg (a, b, c): weight of the side prompt as a negative, front to side; r = 1 at the side."""
-    perp_neg_side_back: tuple[float, float, float] = (1.0, 0.5, -0.606)
-    """Perp-Neg (a, b, c): weight of the side prompt as a negative, side to back; r = 1 at the side."""
-    perp_neg_front_back: tuple[float, float, float] = (1.0, 0.5, 0.967)
-    """Perp-Neg (a, b, c): weight of the front prompt as a negative, side to back; r = 1 at the side."""
+
+def guidance_config(name: str, **fields: Any) -> GuidanceConfig:
+    """The config of backend `name` with `fields` set; an unknown name or field raises UserError."""
+    if name not in GUIDANCE_CONFIGS:
+        raise UserError(f"unknown guidance '{name}'; choose one of: {', '.join(GUIDANCE_CONFIGS)}")
+    cls = GUIDANCE_CONFIGS[name]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise UserError(
+            f"guidance {name} has no setting {unknown[0]}; its settings: {', '.join(sorted(known))}"
+        )
+    return cls(**fields)
 
 
 @dataclass
@@ -140,7 +96,7 @@ class Config:
     shading: ShadingConfig = dataclasses.field(default_factory=ShadingConfig)
     regularizers: RegularizerConfig = dataclasses.field(default_factory=RegularizerConfig)
     sds: SDSConfig = dataclasses.field(default_factory=SDSConfig)
-    guidance: GuidanceConfig = dataclasses.field(default_factory=GuidanceConfig)
+    guidance: GuidanceConfig = dataclasses.field(default_factory=BundledGuidanceConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
@@ -151,13 +107,25 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any]) -> Config:
-    """Inverse of `to_dict`; unknown keys raise ValueError naming them."""
+    """Inverse of `to_dict`; unknown keys raise ValueError naming them.
+
+    A guidance section names its backend; settings of the other backends are dropped, so a config.json
+    whose guidance section holds every backend's settings side by side reads too."""
     sections = {}
     for f in dataclasses.fields(Config):
-        cls = f.default_factory  # type: ignore[misc]
         values = dict(data.get(f.name, {}))
-        known = {g.name: g for g in dataclasses.fields(cls)}
-        unknown = set(values) - set(known)
+        if f.name == "guidance":
+            cls = GUIDANCE_CONFIGS.get(values.get("name", "bundled"))
+            if cls is None:
+                raise ValueError(
+                    f"unknown guidance '{values['name']}'; one of: {', '.join(GUIDANCE_CONFIGS)}"
+                )
+            known = {g.name for g in dataclasses.fields(cls)}
+            values = {k: v for k, v in values.items() if k in known or k not in _OTHER_GUIDANCE_KEYS}
+        else:
+            cls = f.default_factory  # type: ignore[misc]
+        known = {g.name for g in dataclasses.fields(cls)}
+        unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown config keys in section '{f.name}': {sorted(unknown)}")
         for key, value in values.items():
@@ -168,6 +136,10 @@ def from_dict(data: dict[str, Any]) -> Config:
     if unknown:
         raise ValueError(f"unknown config sections: {sorted(unknown)}")
     return Config(**sections)
+
+
+# Every backend's settings: what a guidance section may hold besides its own backend's.
+_OTHER_GUIDANCE_KEYS = {g.name for cls in GUIDANCE_CONFIGS.values() for g in dataclasses.fields(cls)}
 
 
 def validate_config(cfg: Config) -> None:
@@ -219,9 +191,9 @@ def validate_config(cfg: Config) -> None:
             f"render.occupancy_decay must lie in [0, 1] (got {cfg.render.occupancy_decay})",
         ),
         (
-            not cfg.guidance.high_noise_model or cfg.guidance.name == "bundled",
-            f"guidance.high_noise_model pairs bundled priors and does nothing for --guidance "
-            f"{cfg.guidance.name}: drop --guidance.high-noise-model or use --guidance bundled",
+            isinstance(cfg.guidance, tuple(GUIDANCE_CONFIGS.values())),
+            f"guidance must be one of {', '.join(c.__name__ for c in tuple(GUIDANCE_CONFIGS.values()))} "
+            f"(got {type(cfg.guidance).__name__})",
         ),
     ]
     for ok, message in checks:
