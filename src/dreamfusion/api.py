@@ -178,8 +178,8 @@ def generate(
     )
 
 
-def apply_overrides(cfg, extra: list[str], prog: str):
-    """Parse `--section.field VALUE` flags with tyro against `cfg` as the defaults."""
+def apply_flags(cfg, extra: list[str], prog: str):
+    """Parse `--section.field VALUE` flags with tyro against `cfg` as the defaults (for scripts)."""
     if not extra:
         return cfg
     if not extra[0].startswith("-"):
