@@ -6,10 +6,11 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from dreamfusion.config import Config, guidance_config
+from dreamfusion.config import Config, apply_overrides, guidance_config
 from dreamfusion.errors import UserError
 from dreamfusion.guidance.base import Guidance
 from dreamfusion.presets import PRESETS
@@ -120,6 +121,8 @@ def generate(
     seed: int | None = None,
     guidance: str | None = None,
     device: str | None = None,
+    model: str | None = None,
+    overrides: dict[str, Any] | None = None,
     resume: bool = False,
     config: Config | None = None,
     progress: bool | None = None,
@@ -132,12 +135,17 @@ def generate(
 
     After training, the mesh (RUN/mesh.glb) and a turntable (RUN/turntable.mp4) are written
     unless `export_mesh` / `turntable` is False; `view` serves the field live on `view_port`.
+    `guidance`, `model`, `preset`, `steps`, `seed` and `device` are the command line's choices;
+    `overrides` sets any other field by its dotted name, e.g. {"sds.guidance_scale": 100, "optim.lr": 5e-3}.
     """
     from dreamfusion.training.trainer import Trainer, resolve_device
 
     if not isinstance(prompt, str) or not prompt.strip():
         raise UserError('the prompt is empty; give a sentence such as "a ceramic mug"')
     cfg = resolve_config(preset, steps, seed, guidance, device, config)
+    if model is not None:
+        cfg = own_prior(apply_overrides(cfg, {"guidance.model": model}), [])
+    cfg = apply_overrides(cfg, overrides or {})
     if progress is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=progress))
     run_dir = Path(out) if out is not None else default_run_dir(prompt.strip(), resume=resume)

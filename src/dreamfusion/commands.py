@@ -15,7 +15,7 @@ from typing import Annotated
 
 import tyro
 
-from dreamfusion.config import GUIDANCE_CONFIGS, Config, to_dict
+from dreamfusion.config import GUIDANCE_CONFIGS, Config, apply_overrides, to_dict
 from dreamfusion.errors import UserError
 
 # The Config's sections sit at the top level of a command: `--optim.lr`, not `--config.optim.lr`.
@@ -62,9 +62,9 @@ def config_defaults(argv: list[str], preset: str) -> tuple[Config, list[str]]:
     cfg = resolve_config(preset, guidance=guidance, device=device)
     argv = _without(argv, "--guidance")
     chosen = cfg.guidance.name
-    for token in argv:
-        if token in GUIDANCE_CONFIGS:
-            chosen = token  # a backend named as a subcommand
+    for before, token in zip(["", *argv], argv, strict=False):
+        if token in GUIDANCE_CONFIGS and not (before.startswith("--") and "=" not in before):
+            chosen = token  # a backend named as a subcommand, not a flag's value
     own = {f.name.replace("_", "-") for f in dataclasses.fields(GUIDANCE_CONFIGS[chosen])}
     for token in argv:
         key = token.split("=", 1)[0]
@@ -141,9 +141,9 @@ class Generate:
 
         cfg = own_prior_if_changed(self.config, default.config, argv)
         cfg = resolve_config(config=cfg, steps=self.steps, seed=self.seed, device=self.device)
-        if self.model is not None and cfg.guidance.name != "closed-form":
-            guidance = dataclasses.replace(cfg.guidance, model=self.model)
-            cfg = own_prior_if_changed(dataclasses.replace(cfg, guidance=guidance), default.config, argv)
+        if self.model is not None:
+            changed = apply_overrides(cfg, {"guidance.model": self.model})
+            cfg = own_prior_if_changed(changed, default.config, argv)
         result = generate(
             self.prompt,
             out=self.out,

@@ -199,3 +199,49 @@ def validate_config(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """`cfg` with dotted settings replaced, e.g. {"sds.guidance_scale": 100, "optim.betas": [0.9, 0.99]}.
+
+    Keys name a field of the resolved config (guidance keys: of its backend); an unknown key raises
+    UserError with the closest names. Values are checked against the field's type: ints pass for
+    floats, lists for tuples, anything else of the wrong type is refused."""
+    import difflib
+
+    for key, value in overrides.items():
+        section, _, name = key.replace("-", "_").partition(".")
+        part = (
+            getattr(cfg, section, None) if section in {f.name for f in dataclasses.fields(Config)} else None
+        )
+        fields = {f.name: f for f in dataclasses.fields(part)} if part is not None else {}
+        if name not in fields or name == "name":
+            known = [
+                f"{s.name}.{f.name}"
+                for s in dataclasses.fields(Config)
+                for f in dataclasses.fields(getattr(cfg, s.name))
+                if f.name != "name"
+            ]
+            close = difflib.get_close_matches(key.replace("-", "_"), known, n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; `dreamfusion config` lists them"
+            raise UserError(f"unknown setting '{key}' for guidance {cfg.guidance.name}{hint}")
+        default = getattr(part, name)
+        value = _coerce(key, value, default)
+        cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(part, **{name: value})})
+    return cfg
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """`value` in the type of the field's `default`, or UserError."""
+    if isinstance(default, tuple) and isinstance(value, list | tuple):
+        if default and len(value) != len(default) and not isinstance(default[0], str):
+            raise UserError(f"{key} takes {len(default)} values (got {len(value)})")
+        return tuple(_coerce(key, v, d) for v, d in zip(value, default * len(value), strict=False))
+    if isinstance(default, bool) or isinstance(value, bool):
+        if isinstance(value, bool) and (isinstance(default, bool) or default is None):
+            return value
+    elif isinstance(default, float) and isinstance(value, int | float):
+        return float(value)
+    elif default is None or type(value) is type(default):
+        return value
+    raise UserError(f"{key} takes a {type(default).__name__} (got {value!r})")
