@@ -5,8 +5,8 @@ on random weights in the real architectures (nothing is downloaded), float16 on 
     python benchmarks/guidance_gpu.py --variants default eager channels_last compile+channels_last
     python benchmarks/guidance_gpu.py --smoke              # tiny shapes on the CPU: checks the script
 
-For each backend and variant (GuidanceConfig switches joined by '+': compile, channels_last,
-perp_neg, vae_slicing; 'default' is the GuidanceConfig defaults, which compile on CUDA; 'eager' is
+For each backend and variant (guidance config switches joined by '+': compile, channels_last,
+perp_neg, vae_slicing; 'default' is the backend config defaults, which compile on CUDA; 'eager' is
 the defaults with compiling off):
 1. the training step of the project's Trainer at the default preset, unsynchronized: seconds per
    iteration and peak GPU memory;
@@ -32,7 +32,7 @@ import torch
 
 from dreamfusion.api import resolve_config
 from dreamfusion.bench.provenance import git_commit, machine_info
-from dreamfusion.config import Config, GuidanceConfig
+from dreamfusion.config import Config, GuidanceConfig, guidance_config
 from dreamfusion.training.trainer import Trainer
 
 # SD 2.1-base (stable-diffusion-2-1-base/unet and /vae config.json): 866M-parameter U-Net on 64x64x4
@@ -222,7 +222,7 @@ def bench(backend: str, variant: str, args: argparse.Namespace, device: torch.de
     if variant == "eager":
         settings["compile"] = False
     cfg = resolve_config("smoke" if args.smoke else "default", device=str(device))
-    gcfg = GuidanceConfig(name=backend, embedding_cache=False, **settings)
+    gcfg = guidance_config(backend, embedding_cache=False, **settings)
     cfg = dataclasses.replace(
         cfg,
         guidance=gcfg,

@@ -26,10 +26,9 @@ from pathlib import Path
 import torch
 
 import dreamfusion
-from dreamfusion.api import resolve_config
+from dreamfusion.api import apply_flags, resolve_config
 from dreamfusion.bench.provenance import git_commit
 from dreamfusion.bench.report import cell, front_cell
-from dreamfusion.cli import apply_overrides
 from dreamfusion.errors import UserError
 from dreamfusion.eval.fidelity import evaluate_run
 from dreamfusion.training.loading import find_checkpoint
@@ -115,7 +114,7 @@ def main() -> None:
         "--out", type=Path, default=Path("sds_recovery"), help="writes OUT.json, OUT.md, OUT/runs"
     )
     args, flags = parser.parse_known_args()
-    config = apply_overrides(resolve_config(args.preset), flags, "benchmarks/sds_recovery.py")
+    config = apply_flags(resolve_config(args.preset), flags, "benchmarks/sds_recovery.py")
 
     results = []
     for spec in args.runs:

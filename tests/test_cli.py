@@ -63,17 +63,15 @@ def test_generate_smoke_end_to_end_through_the_installed_command(tmp_path):
 
 def test_another_guidance_drops_a_presets_high_noise_expert():
     from dreamfusion.api import resolve_config
-    from dreamfusion.config import validate_config
+    from dreamfusion.config import BundledGuidanceConfig, ClosedFormGuidanceConfig, validate_config
     from dreamfusion.presets import smoke
 
     cfg = smoke()
-    paired = dataclasses.replace(
-        cfg, guidance=dataclasses.replace(cfg.guidance, name="bundled", high_noise_model="bundled")
-    )
+    paired = dataclasses.replace(cfg, guidance=BundledGuidanceConfig(high_noise_model="bundled"))
     assert resolve_config(config=paired).guidance.high_noise_model == "bundled"
     assert resolve_config(config=paired, guidance="bundled").guidance.high_noise_model == "bundled"
     switched = resolve_config(config=paired, guidance="closed-form")
-    assert switched.guidance.name == "closed-form" and switched.guidance.high_noise_model is None
+    assert switched.guidance == ClosedFormGuidanceConfig()  # its own defaults; it has no expert
     validate_config(switched)  # runs, rather than refusing an expert the user never asked for
 
 
@@ -124,7 +122,7 @@ def test_the_presets_pair_the_packaged_expert_unless_guidance_changes(preset):
     assert resolve_config(preset, device="cpu").guidance.high_noise_model == "bundled"
     for other in ("stable-diffusion", "deepfloyd-if", "closed-form"):
         cfg = resolve_config(preset, guidance=other, device="cpu")
-        assert cfg.guidance.name == other and cfg.guidance.high_noise_model is None
+        assert cfg.guidance.name == other and not hasattr(cfg.guidance, "high_noise_model")
         validate_config(cfg)
 
 
@@ -314,3 +312,46 @@ def test_model_flag_reaches_the_guidance_backend(tmp_path, capsys):
     assert code != 0
     assert str(missing) in _error_line(capsys)
     assert not out.exists()
+
+
+def test_version(capsys):
+    from dreamfusion import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"dreamfusion {__version__}"
+
+
+def test_help_lists_only_the_chosen_backends_options(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["generate", "--preset", "cpu", "--help"])
+    assert done.value.code == 0
+    bundled = capsys.readouterr().out
+    assert "--guidance.high-noise-model" in bundled and "negative-prompt" not in bundled
+    with pytest.raises(SystemExit):
+        main(["generate", "--preset", "cpu", "--guidance", "stable-diffusion", "--help"])
+    sd = capsys.readouterr().out
+    assert "--guidance.negative-prompt" in sd and "high-noise-model" not in sd
+
+
+def test_top_level_help_imports_no_torch():
+    code = "import sys\nfrom dreamfusion.cli import main\n"
+    code += "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+    code += "assert 'torch' not in sys.modules, 'torch imported'\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "generate" in proc.stdout and "bench" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "switch", [["--guidance", "stable-diffusion"], ["--guidance=stable-diffusion"], ["stable-diffusion"]]
+)
+def test_guidance_switch_on_the_command_line(capsys, switch):
+    import json
+
+    args = ["config", "--preset", "cpu", *switch, "--guidance.negative-prompt", "blurry", "--optim.lr", "0.5"]
+    assert main(args) == 0
+    saved = json.loads(capsys.readouterr().out)
+    assert (
+        saved["guidance"]["name"] == "stable-diffusion" and saved["guidance"]["negative_prompt"] == "blurry"
+    )
+    assert "high_noise_model" not in saved["guidance"] and saved["optim"]["lr"] == 0.5

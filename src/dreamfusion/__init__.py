@@ -1,6 +1,6 @@
 """dreamfusion: text-to-3D by score distillation sampling, in pure PyTorch."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["__version__", "generate"]
 

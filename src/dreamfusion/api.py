@@ -6,10 +6,11 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from dreamfusion.config import Config
+from dreamfusion.config import Config, apply_overrides, guidance_config
 from dreamfusion.errors import UserError
 from dreamfusion.guidance.base import Guidance
 from dreamfusion.presets import PRESETS
@@ -105,15 +106,9 @@ def resolve_config(
     if device is not None:
         train = dataclasses.replace(train, device=device)
     config = dataclasses.replace(config, train=train)
-    if guidance is not None:
-        chosen = dataclasses.replace(config.guidance, name=guidance)
-        if guidance != "bundled":  # a preset's high-noise expert pairs bundled priors only
-            chosen = dataclasses.replace(chosen, high_noise_model=None)
-        config = dataclasses.replace(config, guidance=chosen)
-    if config.guidance.name not in GUIDANCE_BACKENDS:
-        raise UserError(
-            f"unknown guidance '{config.guidance.name}'; choose one of: {', '.join(GUIDANCE_BACKENDS)}"
-        )
+    if guidance is not None and guidance != config.guidance.name:
+        # Another backend starts from its own defaults: no setting means the same to two priors.
+        config = dataclasses.replace(config, guidance=guidance_config(guidance))
     return config
 
 
@@ -126,6 +121,8 @@ def generate(
     seed: int | None = None,
     guidance: str | None = None,
     device: str | None = None,
+    model: str | None = None,
+    overrides: dict[str, Any] | None = None,
     resume: bool = False,
     config: Config | None = None,
     progress: bool | None = None,
@@ -138,12 +135,17 @@ def generate(
 
     After training, the mesh (RUN/mesh.glb) and a turntable (RUN/turntable.mp4) are written
     unless `export_mesh` / `turntable` is False; `view` serves the field live on `view_port`.
+    `guidance`, `model`, `preset`, `steps`, `seed` and `device` are the command line's choices;
+    `overrides` sets any other field by its dotted name, e.g. {"sds.guidance_scale": 100, "optim.lr": 5e-3}.
     """
     from dreamfusion.training.trainer import Trainer, resolve_device
 
     if not isinstance(prompt, str) or not prompt.strip():
         raise UserError('the prompt is empty; give a sentence such as "a ceramic mug"')
     cfg = resolve_config(preset, steps, seed, guidance, device, config)
+    if model is not None:
+        cfg = own_prior(apply_overrides(cfg, {"guidance.model": model}), [])
+    cfg = apply_overrides(cfg, overrides or {})
     if progress is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=progress))
     run_dir = Path(out) if out is not None else default_run_dir(prompt.strip(), resume=resume)
@@ -184,8 +186,8 @@ def generate(
     )
 
 
-def apply_overrides(cfg, extra: list[str], prog: str):
-    """Parse `--section.field VALUE` flags with tyro against `cfg` as the defaults."""
+def apply_flags(cfg, extra: list[str], prog: str):
+    """Parse `--section.field VALUE` flags with tyro against `cfg` as the defaults (for scripts)."""
     if not extra:
         return cfg
     if not extra[0].startswith("-"):
@@ -194,8 +196,8 @@ def apply_overrides(cfg, extra: list[str], prog: str):
 
     from dreamfusion.config import Config
 
-    parsed = tyro.cli(Config, default=cfg, args=extra, prog=prog)
-    if parsed.guidance.model != cfg.guidance.model:
+    parsed = tyro.cli(Config, default=cfg, args=extra, prog=prog, config=(tyro.conf.CascadeSubcommandArgs,))
+    if getattr(parsed.guidance, "model", None) != getattr(cfg.guidance, "model", None):
         parsed = own_prior(parsed, extra)
     return parsed
 
@@ -205,6 +207,6 @@ def own_prior(cfg, extra: list[str]):
     high-noise expert is a fine-tune of the packaged prior, so it stays only when named
     (`--guidance.high-noise-model`)."""
     named = {"--guidance.high-noise-model", "--guidance.high_noise_model"}
-    if any(flag.split("=", 1)[0] in named for flag in extra):
+    if cfg.guidance.name != "bundled" or any(flag.split("=", 1)[0] in named for flag in extra):
         return cfg
     return dataclasses.replace(cfg, guidance=dataclasses.replace(cfg.guidance, high_noise_model=None))

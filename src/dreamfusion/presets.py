@@ -7,10 +7,11 @@ from collections.abc import Callable
 
 from dreamfusion.config import (
     BackgroundConfig,
+    BundledGuidanceConfig,
     CameraConfig,
+    ClosedFormGuidanceConfig,
     Config,
     FieldConfig,
-    GuidanceConfig,
     OptimConfig,
     RegularizerConfig,
     RenderConfig,
@@ -28,7 +29,7 @@ def _bundled_world(cfg: Config, guidance_scale: float = 7.5) -> Config:
         cfg,
         camera=dataclasses.replace(cfg.camera, elevation_range=(-45.0, 90.0), bottom_view_below=-20.0),
         background=dataclasses.replace(cfg.background, kind="random"),
-        guidance=dataclasses.replace(cfg.guidance, name="bundled", high_noise_model="bundled"),
+        guidance=BundledGuidanceConfig(high_noise_model="bundled"),
         sds=dataclasses.replace(cfg.sds, guidance_scale=guidance_scale),
     )
 
@@ -128,7 +129,7 @@ def paper() -> Config:
             warmup_steps=3000,
             final_lr=1e-6,
         ),
-        guidance=GuidanceConfig(name="bundled"),
+        guidance=BundledGuidanceConfig(),
         # One view per pass, as one view per TPU chip in the paper: four at once do not fit 80 GB.
         train=TrainConfig(
             steps=15000, batch_size=4, micro_batch=1, checkpoint_every=1000, preview_every=1000
@@ -204,7 +205,7 @@ def smoke() -> Config:
         shading=ShadingConfig(albedo_warmup_steps=10),
         regularizers=RegularizerConfig(orientation_ramp_steps=20),
         sds=SDSConfig(guidance_scale=1.0),
-        guidance=GuidanceConfig(name="closed-form"),
+        guidance=ClosedFormGuidanceConfig(),
         train=TrainConfig(steps=30, log_every=5, checkpoint_every=10, preview_every=10),
     )
 

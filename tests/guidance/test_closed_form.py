@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from dreamfusion.config import GuidanceConfig, SDSConfig, ShadingConfig
+from dreamfusion.config import ClosedFormGuidanceConfig, SDSConfig, ShadingConfig
 from dreamfusion.guidance.closed_form import (
     COLOR_WORDS,
     ClosedFormGuidance,
@@ -20,7 +20,7 @@ from dreamfusion.scene.cameras import orbit_cameras
 
 def make_guidance(scale: float = 1.0, **guidance_fields) -> ClosedFormGuidance:
     return ClosedFormGuidance(
-        GuidanceConfig(**guidance_fields), SDSConfig(guidance_scale=scale), ShadingConfig()
+        ClosedFormGuidanceConfig(**guidance_fields), SDSConfig(guidance_scale=scale), ShadingConfig()
     )
 
 

@@ -14,7 +14,15 @@ import torch
 
 from dreamfusion.api import GUIDANCE_BACKENDS, generate
 from dreamfusion.cli import main as cli_main
-from dreamfusion.config import CameraConfig, Config, GuidanceConfig, SDSConfig, validate_config
+from dreamfusion.config import (
+    CameraConfig,
+    Config,
+    DeepFloydIFConfig,
+    SDSConfig,
+    StableDiffusionConfig,
+    guidance_config,
+    validate_config,
+)
 from dreamfusion.errors import UserError
 from dreamfusion.guidance import perp_neg, sds
 from dreamfusion.guidance.diffusers_common import resolve_dtype
@@ -66,7 +74,7 @@ def _config(name, model, tmp_path, **guidance):
     cfg = Config()
     return dataclasses.replace(
         cfg,
-        guidance=GuidanceConfig(name=name, model=str(model), cache_dir=str(tmp_path / "cache"), **guidance),
+        guidance=guidance_config(name, model=str(model), cache_dir=str(tmp_path / "cache"), **guidance),
         sds=SDSConfig(guidance_scale=7.5),
     )
 
@@ -339,7 +347,7 @@ def test_perp_neg_formula_by_hand():
 
 
 def test_perp_neg_plan_at_the_cardinal_views():
-    cfg = GuidanceConfig()
+    cfg = DeepFloydIFConfig()
     params = (
         cfg.perp_neg_front_side,
         cfg.perp_neg_side_front,
@@ -529,8 +537,7 @@ def test_latent_warmup_steps_skip_the_vae_then_training_goes_on_through_it(tmp_p
     cfg = dataclasses.replace(
         cfg,
         camera=dataclasses.replace(cfg.camera, resolution=SIZE),
-        guidance=GuidanceConfig(
-            name="stable-diffusion",
+        guidance=StableDiffusionConfig(
             model=str(sd_folder),
             cache_dir=str(tmp_path / "cache"),
             latent_warmup=0.5,
@@ -553,13 +560,14 @@ def test_latent_warmup_with_a_pixel_model_is_one_clear_error(tmp_path):
     from dreamfusion.training.trainer import Trainer
 
     cfg = tiny_config(steps=4)
-    cfg = dataclasses.replace(cfg, guidance=dataclasses.replace(cfg.guidance, latent_warmup=0.5))
-    with pytest.raises(UserError, match="latent_warmup needs a latent model .*'closed-form' scores pixels"):
-        Trainer(
-            "a red car", cfg, tmp_path / "run", GUIDANCE_BACKENDS[cfg.guidance.name](cfg, torch.device("cpu"))
-        )
+    with pytest.raises(UserError, match="guidance closed-form has no setting latent_warmup"):
+        guidance_config("closed-form", latent_warmup=0.5)
+    pixels = GUIDANCE_BACKENDS[cfg.guidance.name](cfg, torch.device("cpu"))
+    cfg = dataclasses.replace(cfg, guidance=StableDiffusionConfig(latent_warmup=0.5))
+    with pytest.raises(UserError, match="latent_warmup needs a latent model"):
+        Trainer("a red car", cfg, tmp_path / "run", pixels)
     assert not (tmp_path / "run").exists()  # nothing written
-    bad = dataclasses.replace(cfg, guidance=dataclasses.replace(cfg.guidance, latent_warmup=1.5))
+    bad = dataclasses.replace(cfg, guidance=StableDiffusionConfig(latent_warmup=1.5))
     with pytest.raises(UserError, match=r"latent_warmup is a fraction of training in \[0, 1\] \(got 1.5\)"):
         validate_config(bad)
 
@@ -582,7 +590,7 @@ def test_two_step_generate_with_each_backend(tmp_path, folders, name):
     cfg = dataclasses.replace(
         cfg,
         camera=dataclasses.replace(cfg.camera, resolution=SIZE),
-        guidance=GuidanceConfig(name=name, model=str(folders[name]), cache_dir=str(tmp_path / "cache")),
+        guidance=guidance_config(name, model=str(folders[name]), cache_dir=str(tmp_path / "cache")),
     )
     result = generate("a red car", out=tmp_path / "run", guidance=name, config=cfg)
     assert result.steps == 2 and result.skipped_steps == 0 and result.checkpoint.is_file()

@@ -260,9 +260,9 @@ def test_the_packaged_high_noise_expert_loads_by_name_with_its_checksum(monkeypa
 
 
 def tiny_config_guidance():
-    from dreamfusion.config import GuidanceConfig
+    from dreamfusion.config import BundledGuidanceConfig
 
-    return GuidanceConfig(name="bundled")
+    return BundledGuidanceConfig()
 
 
 def test_packaged_path_requires_its_checksum_file(monkeypatch, weights, tmp_path):

@@ -1,116 +1,140 @@
-"""`dreamfusion bench fidelity` and `dreamfusion bench merge`: argparse only here; work is imported lazily.
-
-dreamfusion bench fidelity [--out DIR] [--preset NAME] [--only OBJECT ...] [--seeds N ...] [--limit N]
-                           [--steps N] [--checkpoint-every N] [--guidance NAME] [--device cpu|cuda]
-                           [--jobs N] [--section.field VALUE ...]
-dreamfusion bench merge DIR DIR ... --out DIR [--no-sheet]
+"""`dreamfusion bench fidelity` and `dreamfusion bench merge`: one dataclass each (its fields are the
+flags); the work is imported lazily.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
+import tyro
+
+from dreamfusion.commands import Sections, config_defaults
+from dreamfusion.config import Config
 from dreamfusion.errors import UserError
 
 
-def add_parsers(sub) -> None:
-    """bench fidelity: the known-truth benchmark of docs/evaluation.md."""
-    bench = sub.add_parser("bench", help="benchmarks against the world's ground truth")
-    which = bench.add_subparsers(dest="bench", required=True)
-    fid = which.add_parser(
-        "fidelity",
-        help="train a fixed prompt set of world objects and score every result against its truth",
-        description="Train every prompt x seed of a versioned prompt set, score each run against the "
-        "world's ground truth (IoUs, Chamfer, color, shape, front, IoU against time) and write "
-        "OUT/fidelity.json, OUT/fidelity.md and OUT/contact_sheet.png. Resumes: finished runs are not "
-        "trained again. Config fields can be set too, e.g. --render.samples-per-ray 32.",
-    )
-    fid.add_argument("--out", type=Path, default=Path("outputs/fidelity"), help="(default outputs/fidelity)")
-    fid.add_argument("--prompt-set", default="fidelity-v2", help="packaged set or .json file (fidelity-v2)")
-    fid.add_argument("--preset", default="default", help="smoke | cpu | default | paper (default: default)")
-    fid.add_argument("--guidance", default="bundled", help="guidance backend (default: bundled)")
-    fid.add_argument("--only", nargs="+", default=[], metavar="OBJECT", help="only these objects")
-    fid.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the set's)")
-    fid.add_argument("--limit", type=int, default=None, help="at most N runs (seed by seed)")
-    fid.add_argument("--steps", type=int, default=None, help="optimization steps (default: the preset's)")
-    fid.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=None,
-        help="checkpoint (and time-to-quality point) every N steps (default: the preset's)",
-    )
-    fid.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
-    fid.add_argument("--resolution", type=int, default=64, help="grid of the IoUs, per axis (default 64)")
-    fid.add_argument("--frame-size", type=int, default=96, help="contact-sheet frame side (default 96)")
-    fid.add_argument("--no-mesh", action="store_true", help="skip the mesh and its Chamfer distance")
-    fid.add_argument(
-        "--keep-checkpoints",
-        action="store_true",
-        help="keep every checkpoint of a scored run (default: only the newest)",
-    )
-    fid.add_argument(
-        "--jobs", type=int, default=1, help="runs trained at once, each in its own process (default 1)"
-    )
-    fid.add_argument("--quiet", action="store_true", help="no progress bars")
-    merge = which.add_parser(
-        "merge",
-        help="one report from benchmark outputs made in parts (other seeds, objects or machines)",
-        description="Read DIR/fidelity.json of each part and write OUT/fidelity.json, OUT/fidelity.md "
-        "and OUT/contact_sheet.png (unless --no-sheet) over all their runs: targets, seed spread and "
-        "time to quality recomputed, each part's command, commit and machine listed.",
-    )
-    merge.add_argument("parts", type=Path, nargs="+", metavar="DIR", help="benchmark output folders")
-    merge.add_argument("--out", type=Path, required=True, help="folder of the merged report")
-    merge.add_argument(
-        "--no-sheet", action="store_true", help="no contact sheet (the parts' frame images are gone)"
-    )
+@dataclass
+class BenchFidelity:
+    """Train every prompt x seed of a versioned prompt set, score each run against the world's ground
+    truth (IoUs, Chamfer, color, shape, front, IoU against time) and write OUT/fidelity.json,
+    OUT/fidelity.md and OUT/contact_sheet.png. Resumes: finished runs are not trained again. Config
+    fields can be set too, e.g. --render.samples-per-ray 32."""
+
+    out: Path = Path("outputs/fidelity")
+    """Report and runs folder."""
+    prompt_set: str = "fidelity-v2"
+    """Packaged set or .json file."""
+    preset: str = "default"
+    """smoke | cpu | default | paper."""
+    only: tuple[str, ...] = ()
+    """Only these objects."""
+    seeds: tuple[int, ...] | None = None
+    """Seeds (default: the set's)."""
+    limit: int | None = None
+    """At most N runs (seed by seed)."""
+    steps: int | None = None
+    """Optimization steps (default: the preset's)."""
+    checkpoint_every: int | None = None
+    """Checkpoint (and time-to-quality point) every N steps (default: the preset's)."""
+    device: str = "auto"
+    """cpu, cuda or cuda:N; auto: cuda when there is one, else cpu."""
+    resolution: int = 64
+    """Grid of the IoUs, per axis."""
+    frame_size: int = 96
+    """Contact-sheet frame side."""
+    mesh: bool = True
+    """Extract the mesh and score its Chamfer distance."""
+    keep_checkpoints: bool = False
+    """Keep every checkpoint of a scored run (default: only the newest)."""
+    jobs: int = 1
+    """Runs trained at once, each in its own process."""
+    quiet: bool = False
+    """No progress bars."""
+    config: Sections = dataclasses.field(default_factory=Config)
+
+    @classmethod
+    def defaults(cls, argv: list[str]) -> tuple[BenchFidelity, list[str]]:
+        import torch
+
+        if "--device" not in argv and not any(a.startswith("--device=") for a in argv):
+            argv = [*argv, "--device", "cuda" if torch.cuda.is_available() else "cpu"]
+        if "--guidance" not in argv and not any(a.startswith("--guidance=") for a in argv):
+            argv = ["--guidance", "bundled", *argv]  # the benchmark's prior, whatever the preset's
+        config, rest = config_defaults(argv, "default")
+        return cls(config=config), rest
+
+    def run(self, argv: list[str], default: BenchFidelity) -> int:
+        from dreamfusion.api import resolve_config
+        from dreamfusion.bench.runner import BenchOptions, run_benchmark
+        from dreamfusion.commands import own_prior_if_changed
+
+        cfg = own_prior_if_changed(self.config, default.config, argv)
+        cfg = resolve_config(config=cfg, steps=self.steps)
+        train = cfg.train
+        if self.checkpoint_every is not None:
+            train = dataclasses.replace(train, checkpoint_every=self.checkpoint_every)
+        if self.quiet:
+            train = dataclasses.replace(train, progress=False)
+        options = BenchOptions(
+            config=dataclasses.replace(cfg, train=train),
+            out=self.out,
+            preset=self.preset,
+            overrides=tuple(_config_flags(argv)),
+            prompt_set=self.prompt_set,
+            only=self.only,
+            seeds=self.seeds,
+            limit=self.limit,
+            resolution=self.resolution,
+            mesh=self.mesh,
+            frame_size=self.frame_size,
+            keep_checkpoints=self.keep_checkpoints,
+            jobs=self.jobs,
+        )
+        report = run_benchmark(options, log=lambda line: print(line, flush=True))
+        _print_targets(report, self.out)
+        return 0
 
 
-def run(args: argparse.Namespace, extra: list[str]) -> int:
-    if args.bench == "merge":
-        return _merge(args, extra)
-    import torch
-
-    from dreamfusion.api import apply_overrides, resolve_config
-    from dreamfusion.bench.runner import BenchOptions, run_benchmark
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cfg = resolve_config(args.preset, args.steps, None, args.guidance, device)
-    cfg = apply_overrides(cfg, extra, "dreamfusion bench fidelity")
-    train = cfg.train
-    if args.checkpoint_every is not None:
-        train = dataclasses.replace(train, checkpoint_every=args.checkpoint_every)
-    if args.quiet:
-        train = dataclasses.replace(train, progress=False)
-    options = BenchOptions(
-        config=dataclasses.replace(cfg, train=train),
-        out=args.out,
-        preset=args.preset,
-        overrides=tuple(extra),
-        prompt_set=args.prompt_set,
-        only=tuple(args.only),
-        seeds=None if args.seeds is None else tuple(args.seeds),
-        limit=args.limit,
-        resolution=args.resolution,
-        mesh=not args.no_mesh,
-        frame_size=args.frame_size,
-        keep_checkpoints=args.keep_checkpoints,
-        jobs=args.jobs,
-    )
-    report = run_benchmark(options, log=lambda line: print(line, flush=True))
-    _print_targets(report, args.out)
-    return 0
+def _config_flags(argv: list[str]) -> list[str]:
+    """The `--section.field VALUE` flags of argv (the run's command records them)."""
+    out, inside = [], False
+    for token in argv:
+        if token.startswith("--"):
+            inside = "." in token.split("=", 1)[0]
+        if inside:
+            out.append(token)
+    return out
 
 
-def _merge(args: argparse.Namespace, extra: list[str]) -> int:
+@dataclass
+class BenchMerge:
+    """One report from benchmark outputs made in parts (other seeds, objects or machines): read
+    DIR/fidelity.json of each part and write OUT/fidelity.json, OUT/fidelity.md and
+    OUT/contact_sheet.png (unless --no-sheet) over all their runs: targets, seed spread and time to
+    quality recomputed, each part's command, commit and machine listed."""
+
+    parts: Annotated[tuple[Path, ...], tyro.conf.arg(metavar="DIR"), tyro.conf.Positional]
+    """Benchmark output folders."""
+    out: Path
+    """Folder of the merged report."""
+    sheet: bool = True
+    """Write the contact sheet (--no-sheet when the parts' frame images are gone)."""
+
+    def run(self, argv: list[str], default: BenchMerge | None) -> int:
+        return _merge(self)
+
+
+COMMANDS = {"fidelity": BenchFidelity, "merge": BenchMerge}
+
+
+def _merge(args: BenchMerge) -> int:
     from dreamfusion.bench.report import merge_reports, write_report
-    from dreamfusion.errors import no_extra
 
-    no_extra(extra)
     parts = []
     for folder in args.parts:
         path = folder / "fidelity.json"
@@ -124,14 +148,14 @@ def _merge(args: argparse.Namespace, extra: list[str]) -> int:
         report = merge_reports(parts, args.out)
     except (KeyError, ValueError) as e:
         raise UserError(f"cannot merge: {e}") from None
-    frames = [] if args.no_sheet else [args.out.absolute() / r["frames"] for r in report["runs"]]
+    frames = [] if not args.sheet else [args.out.absolute() / r["frames"] for r in report["runs"]]
     missing = [path for path in map(os.path.normpath, frames) if not Path(path).is_file()]
     if missing:
         raise UserError(
             f"frame image {missing[0]} is missing ({len(missing)} in all); keep the parts' runs/ "
             "folders, or pass --no-sheet"
         )
-    write_report(report, args.out, sheet=not args.no_sheet)
+    write_report(report, args.out, sheet=args.sheet)
     _print_targets(report, args.out)
     return 0
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from dreamfusion.config import BackgroundConfig, FieldConfig
 from dreamfusion.fields.analytic import SphereField
-from dreamfusion.fields.background import ConstantBackground, EnvMapBackground
+from dreamfusion.fields.background import BackgroundConfig, ConstantBackground, EnvMapBackground
+from dreamfusion.fields.base import FieldConfig
 from dreamfusion.fields.hashgrid import HashGridField
 from dreamfusion.fields.mlp import MLPField, positional_encoding
 

@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
-from dreamfusion.config import BackgroundConfig
 from dreamfusion.fields.mlp import hidden_layers, positional_encoding
+
+
+@dataclass
+class BackgroundConfig:
+    """What rays that leave the bounding sphere see."""
+
+    kind: Literal["envmap", "constant", "random"] = "envmap"
+    """envmap: an MLP on the encoded ray direction (the paper); constant: a fixed color; random: a
+    new uniformly random solid color for every training view (so only the object can carry the
+    prompt's color), `color` for previews and exports."""
+    color: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """The fixed background color (kind=constant; previews and exports of kind=random)."""
+    frequencies: int = 4
+    """Octaves of the direction encoding of the environment map."""
+    width: int = 32
+    """Hidden width of the environment-map MLP."""
 
 
 class EnvMapBackground(nn.Module):

@@ -2,11 +2,54 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+@dataclass
+class FieldConfig:
+    """The 3D field: density and albedo at points inside the bounding sphere."""
+
+    kind: Literal["mlp", "hashgrid"] = "hashgrid"
+    """Which field: the paper's MLP with positional encoding, or a pure-PyTorch hash grid."""
+    bound_radius: float = 0.8
+    """Radius of the bounding sphere; the field is queried only inside it."""
+    density_activation: Literal["exp", "softplus"] = "softplus"
+    """Activation turning the raw density into a non-negative density."""
+    blob_density: float = 10.0
+    """lambda of the initial density blob tau_init = lambda * exp(-|x|^2 / (2 sigma^2))."""
+    blob_radius: float = 0.5
+    """sigma of the initial density blob."""
+    density_bias: float = 0.0
+    """Added to the raw density everywhere, blob included (beyond the paper). Under exp, a raw value of 0
+    is a density of 1, a fog through the whole bounding sphere at initialization; -3 starts empty space
+    at e^-3 = 0.05 instead."""
+    mlp_width: int = 128
+    """Hidden width of the MLP field."""
+    mlp_depth: int = 4
+    """Hidden layers of the MLP field."""
+    pe_frequencies: int = 8
+    """Octaves of the positional encoding of the MLP field."""
+    hash_levels: int = 16
+    """Resolution levels of the hash grid."""
+    hash_features: int = 2
+    """Features per level of the hash grid."""
+    hash_log2_size: int = 19
+    """log2 of the number of entries of each level's hash table."""
+    hash_base_resolution: int = 16
+    """Grid resolution of the coarsest level."""
+    hash_max_resolution: int = 1024
+    """Grid resolution of the finest level."""
+    hash_mlp_width: int = 64
+    """Hidden width of the small MLP decoding hash-grid features."""
+    hash_mlp_depth: int = 2
+    """Hidden layers of the small MLP decoding hash-grid features."""
+    activation: Literal["softplus", "silu", "relu"] = "softplus"
+    """Hidden activation of both fields' MLPs; softplus and silu keep second derivatives (normals) smooth."""
 
 
 class Field(Protocol):

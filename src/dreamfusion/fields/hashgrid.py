@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from dreamfusion.config import FieldConfig
+from dreamfusion.fields.base import FieldConfig
 from dreamfusion.fields.mlp import finish_density, hidden_layers, make_density_head
 
 # Instant-NGP's spatial-hash primes. Products fit int64 (coordinates stay below 2^21) and only

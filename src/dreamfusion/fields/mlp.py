@@ -9,8 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dreamfusion.config import FieldConfig
-from dreamfusion.fields.base import activate_density, density_blob
+from dreamfusion.fields.base import FieldConfig, activate_density, density_blob
 
 # Activations with a non-zero second derivative: the orientation loss differentiates the normals
 # (a gradient of the density) with respect to the parameters, and ReLU's kinks make that sparse.

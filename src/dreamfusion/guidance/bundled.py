@@ -17,16 +17,18 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+import tyro
 from torch import Tensor
 
-from dreamfusion.config import GuidanceConfig, SDSConfig
 from dreamfusion.errors import UserError
 from dreamfusion.guidance import sds
 from dreamfusion.guidance.base import SDSOutput
 from dreamfusion.guidance.graphs import GraphedForward
+from dreamfusion.guidance.sds import SDSConfig
 from dreamfusion.guidance.unet_sds import annealed_t_range
 from dreamfusion.prior.model import PriorModel, expected_sha256, load_prior, sha256_sidecar
 from dreamfusion.prior.text import TextStates
@@ -34,6 +36,33 @@ from dreamfusion.prior.unet import camera_input
 from dreamfusion.render.shading import SHADING_MODES
 from dreamfusion.scene.cameras import Cameras
 from dreamfusion.weights import HIGH_NOISE_PRIOR_PATH, PRIOR_PATH
+
+
+@dataclass
+class BundledGuidanceConfig:
+    """The bundled prior: a small text-to-image model shipped in the package (no download)."""
+
+    name: tyro.conf.Suppress[Literal["bundled"]] = "bundled"
+    """The backend's tag (config.json's guidance.name)."""
+    model: str | None = None
+    """Prior weights (.safetensors); None: the packaged prior."""
+    shading_aware: bool = True
+    """Tell the prior how each render was shaded (albedo, lit, textureless) rather than "any shading";
+    without it, textureless-looking white objects also satisfy a color prompt."""
+    high_noise_model: str | None = None
+    """A second prior (.safetensors) that denoises from `high_noise_from` up, the first one below
+    (`prior.experts.Experts`), or "bundled" for the one in the package: a fine-tune that learned the
+    azimuth at high noise (docs/results/fidelity_h100x4_expert/). The `cpu` and `default` presets take
+    "bundled"; on the command line a prior of your own (`--guidance.model`) drops it unless this flag
+    is given too, and None runs the first prior alone."""
+    high_noise_from: float = 0.6
+    """First timestep of `high_noise_model`, as a fraction of the schedule."""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """Frozen prior precision (auto: float16 on CUDA, float32 on CPU)."""
+    cuda_graphs: bool = True
+    """On CUDA, replay the frozen denoiser's forward from a CUDA graph (one launch instead of hundreds)."""
+    # Only stable-diffusion renders latents; the trainer reads this of every backend.
+    latent_warmup: ClassVar[float] = 0.0
 
 
 @dataclass
@@ -142,7 +171,7 @@ class BundledGuidance:
         return sds.score_distillation(x, denoise, model.alphas_cumprod, sds_cfg, generator)
 
 
-def load_bundled(cfg: GuidanceConfig, sds_cfg: SDSConfig, device: torch.device) -> BundledGuidance:
+def load_bundled(cfg: BundledGuidanceConfig, sds_cfg: SDSConfig, device: torch.device) -> BundledGuidance:
     """The bundled prior from `cfg.model` (a .safetensors file) or the weights in the package; with
     `cfg.high_noise_model` (a file, or "bundled" for the packaged expert) a pair of experts."""
     if cfg.model:

@@ -17,17 +17,49 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
+import tyro
 from torch import Tensor
 
-from dreamfusion.config import GuidanceConfig, SDSConfig, ShadingConfig
 from dreamfusion.guidance import sds
 from dreamfusion.guidance.base import SDSOutput
+from dreamfusion.guidance.sds import SDSConfig
 from dreamfusion.prior.schedule import NoiseSchedule
-from dreamfusion.render.shading import SHADING_MODES, ShadingMode, shade
+from dreamfusion.render.shading import SHADING_MODES, ShadingConfig, ShadingMode, shade
 from dreamfusion.scene.cameras import Cameras
 from dreamfusion.scene.rays import generate_rays, intersect_sphere
+
+
+@dataclass
+class ClosedFormGuidanceConfig:
+    """An exact diffusion model of a known object's renders: SDS without a network (tests, smoke runs)."""
+
+    name: tyro.conf.Suppress[Literal["closed-form"]] = "closed-form"
+    """The backend's tag (config.json's guidance.name)."""
+    target_shape: Literal["sphere"] = "sphere"
+    """The known object whose renders are the data distribution."""
+    target_radius: float = 0.45
+    """Radius of the target sphere."""
+    target_color: tuple[float, float, float] = (0.8, 0.2, 0.2)
+    """Albedo of the target when the prompt names no known color."""
+    data_std: float = 0.05
+    """Standard deviation of the Gaussian data around each target image ([-1, 1] units)."""
+    uncond_std: float = 0.5
+    """Standard deviation of the unconditional (empty prompt) Gaussian around mid-grey."""
+    target_modes: tuple[Literal["albedo", "lambertian", "textureless"], ...] = (
+        "albedo",
+        "lambertian",
+        "textureless",
+    )
+    """Shading modes of the target renders forming the equally weighted data mixture."""
+    noise_schedule: Literal["linear", "cosine"] = "linear"
+    """DDPM noise schedule of the model (linear betas 1e-4..0.02, or cosine), T = 1000."""
+    # Only stable-diffusion renders latents; the trainer reads this of every backend.
+    latent_warmup: ClassVar[float] = 0.0
+
 
 COLOR_WORDS: dict[str, tuple[float, float, float]] = {
     "red": (0.85, 0.15, 0.15),
@@ -105,7 +137,7 @@ class ClosedFormGuidance:
 
     def __init__(
         self,
-        cfg: GuidanceConfig,
+        cfg: ClosedFormGuidanceConfig,
         sds_cfg: SDSConfig,
         shading_cfg: ShadingConfig,
         background_color: tuple[float, float, float] = (1.0, 1.0, 1.0),

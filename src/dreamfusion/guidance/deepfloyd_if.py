@@ -11,16 +11,18 @@ after embedding, so training holds only the stage-I U-Net.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+import tyro
 from torch import Tensor
 
-from dreamfusion.config import GuidanceConfig, SDSConfig
 from dreamfusion.errors import UserError
 from dreamfusion.guidance.base import SDSOutput
 from dreamfusion.guidance.diffusers_common import (
+    DiffusersGuidanceConfig,
     ModelKind,
     PromptEmbeddings,
     TextEncoder,
@@ -30,8 +32,20 @@ from dreamfusion.guidance.diffusers_common import (
     require_diffusers,
     resolve_dtype,
 )
+from dreamfusion.guidance.sds import SDSConfig
 from dreamfusion.guidance.unet_sds import check_images, frozen_unet, guided_sds
 from dreamfusion.scene.cameras import Cameras
+
+
+@dataclass
+class DeepFloydIFConfig(DiffusersGuidanceConfig):
+    """DeepFloyd IF stage I (diffusers): SDS on 64x64 pixels."""
+
+    name: tyro.conf.Suppress[Literal["deepfloyd-if"]] = "deepfloyd-if"
+    """The backend's tag (config.json's guidance.name)."""
+    # Only stable-diffusion renders latents; the trainer reads this of every backend.
+    latent_warmup: ClassVar[float] = 0.0
+
 
 DEFAULT_MODEL = "DeepFloyd/IF-I-XL-v1.0"
 """IF stage I, XL (4.3B U-Net). Gated: accept the license on its Hub page and log in first."""
@@ -54,7 +68,7 @@ class DeepFloydIFGuidance:
         self,
         unet: Any,  # diffusers UNet2DConditionModel of IF stage I, on the training device
         scheduler: Any,  # diffusers scheduler with alphas_cumprod and config.prediction_type
-        cfg: GuidanceConfig,
+        cfg: DeepFloydIFConfig,
         sds_cfg: SDSConfig,
         load_text_encoder: Callable[[], TextEncoder] | None = None,
         fingerprint: str = "",
@@ -119,7 +133,9 @@ def t5_text_encoder(tokenizer: Any, text_encoder: Any) -> TextEncoder:
     return encode
 
 
-def load_deepfloyd_if(cfg: GuidanceConfig, sds_cfg: SDSConfig, device: torch.device) -> DeepFloydIFGuidance:
+def load_deepfloyd_if(
+    cfg: DeepFloydIFConfig, sds_cfg: SDSConfig, device: torch.device
+) -> DeepFloydIFGuidance:
     """Find, validate and load the stage-I model named by cfg.model (default DEFAULT_MODEL) onto `device`."""
     require_diffusers("deepfloyd-if")
     from diffusers import DDPMScheduler, UNet2DConditionModel

@@ -14,15 +14,63 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from dreamfusion.atomic import atomic_write
-from dreamfusion.config import GuidanceConfig
 from dreamfusion.errors import UserError
 from dreamfusion.scene.prompts import VIEWS
+
+
+@dataclass
+class DiffusersGuidanceConfig:
+    """What the diffusers backends (stable-diffusion, deepfloyd-if) share."""
+
+    model: str | None = None
+    """Hub id or local folder of the weights (None: the backend's default model)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of a hub id in `model`."""
+    variant: str | None = "auto"
+    """Weight-file variant such as fp16; auto: fp16 files when loading in float16 and they exist (or when
+    a folder holds only those), else the full files; None: full files."""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """Frozen model precision (auto: float16 on CUDA, float32 on CPU)."""
+    image_size: int = 0
+    """stable-diffusion: renders are resized to this before the VAE; deepfloyd-if: before the U-Net.
+    0: the model's native size (512 for SD 1.x/2.x-base, 64 for IF stage I)."""
+    negative_prompt: str = ""
+    """Prompt of the 'unconditional' branch of classifier-free guidance."""
+    cache_dir: str | None = None
+    """Folder of the prompt-embedding cache; None: $DREAMFUSION_CACHE or ~/.cache/dreamfusion (model
+    weights stay in the Hugging Face cache, see HF_HOME)."""
+    embedding_cache: bool = True
+    """Reuse prompt embeddings saved on disk (keyed by model and text)."""
+    cuda_graphs: bool = True
+    """On CUDA, replay the frozen denoiser's forward from a CUDA graph (one launch instead of hundreds)."""
+    compile: bool | None = None
+    """torch.compile the U-Net and (stable-diffusion) the VAE encoder: a minute or two of compiling at the
+    first steps (less once PyTorch has cached it), faster after. None: on CUDA only. If compiling fails,
+    the model runs eagerly, with a warning."""
+    channels_last: bool = False
+    """Keep the U-Net in channels_last memory format, which recent NVIDIA GPUs run faster in float16. SD's
+    VAE encoder stays channels-first: channels_last made its forward and backward slower on an H100, eager
+    and compiled (benchmarks/guidance_gpu.py)."""
+    perp_neg: bool = False
+    """Perp-Neg (Armandpour et al. 2023): the positive prompt interpolates the view prompts by azimuth and
+    the other views' prompts act as perpendicular negatives, against multi-face objects. Costs two more
+    U-Net evaluations per image."""
+    perp_neg_front_side: tuple[float, float, float] = (4.0, 0.5, -2.426)
+    """Perp-Neg (a, b, c): weight a exp(-b r) + c of the front prompt as a negative, front to side;
+    r = 1 at the front."""
+    perp_neg_side_front: tuple[float, float, float] = (4.0, 0.5, -2.426)
+    """Perp-Neg (a, b, c): weight of the side prompt as a negative, front to side; r = 1 at the side."""
+    perp_neg_side_back: tuple[float, float, float] = (1.0, 0.5, -0.606)
+    """Perp-Neg (a, b, c): weight of the side prompt as a negative, side to back; r = 1 at the side."""
+    perp_neg_front_back: tuple[float, float, float] = (1.0, 0.5, 0.967)
+    """Perp-Neg (a, b, c): weight of the front prompt as a negative, side to back; r = 1 at the side."""
+
 
 EXTRA = 'pip install "dreamfusion[diffusers]"'
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -41,7 +89,7 @@ def require_diffusers(backend: str) -> None:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """GuidanceConfig.dtype as a torch dtype: auto is float16 on CUDA and float32 elsewhere."""
+    """DiffusersGuidanceConfig.dtype as a torch dtype: auto is float16 on CUDA and float32 elsewhere."""
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -287,7 +335,7 @@ class PromptEmbeddings:
 
 def embed_prompts(
     prompts: Sequence[str],
-    cfg: GuidanceConfig,
+    cfg: DiffusersGuidanceConfig,
     fingerprint: str,
     load_encoder: Callable[[], TextEncoder],
     device: torch.device,

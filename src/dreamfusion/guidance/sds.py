@@ -14,13 +14,38 @@ the caller back-propagates it into whatever produced x (a NeRF render, a VAE lat
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from dreamfusion.config import SDSConfig
 from dreamfusion.guidance.base import SDSOutput
+
+
+@dataclass
+class SDSConfig:
+    """Score distillation sampling, shared by every guidance backend."""
+
+    t_range: tuple[float, float] = (0.02, 0.98)
+    """Diffusion timesteps are drawn uniformly from this fraction of the model's range."""
+    guidance_scale: float = 100.0
+    """Classifier-free guidance weight omega."""
+    cfg_formulation: Literal["uncond", "cond"] = "uncond"
+    """uncond: eps_u + omega (eps_c - eps_u) (the paper); cond: eps_c + omega (eps_c - eps_u)."""
+    weighting: Literal["sigma2", "uniform", "snr_sqrt"] = "sigma2"
+    """w(t): sigma2 = 1 - alphabar_t (the paper), uniform = 1, snr_sqrt = sqrt(alphabar_t) sigma_t."""
+    grad_clip: float = 0.0
+    """Clip |w (eps_hat - eps)| elementwise at this value (0: off)."""
+    t_anneal: Literal["none", "linear", "sqrt", "step"] = "none"
+    """Lower the top of t_range over training (beyond the paper): none keeps t_range; linear and sqrt move
+    t_max from t_range[1] to t_anneal_end between t_anneal_start and the end; step jumps at t_anneal_start.
+    Applied by the diffusers backends from the trainer's progress."""
+    t_anneal_end: float = 0.5
+    """t_max at the end of training when t_anneal is not none (fraction of the model's timesteps)."""
+    t_anneal_start: float = 0.0
+    """Fraction of training before which t_range is used unchanged (step: the fraction where t_max jumps)."""
+
 
 CFGFormulation = Literal["uncond", "cond"]
 Weighting = Literal["sigma2", "uniform", "snr_sqrt"]

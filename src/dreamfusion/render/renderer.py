@@ -12,10 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dreamfusion.config import RenderConfig, ShadingConfig
 from dreamfusion.fields.base import Background, Field
 from dreamfusion.render.occupancy import OccupancyGrid
-from dreamfusion.render.shading import SHADING_MODES, ShadingMode, shade
+from dreamfusion.render.shading import SHADING_MODES, ShadingConfig, ShadingMode, shade
 from dreamfusion.render.volume import (
     accumulate,
     accumulated_alpha,
@@ -27,6 +26,32 @@ from dreamfusion.render.volume import (
 )
 from dreamfusion.scene.cameras import Cameras
 from dreamfusion.scene.rays import generate_rays, intersect_sphere
+
+
+@dataclass
+class RenderConfig:
+    """Volume rendering along rays."""
+
+    samples_per_ray: int = 64
+    """Samples along each ray inside the bounding sphere."""
+    stratified: bool = True
+    """Jitter sample positions within their bins during training."""
+    chunk_rays: int = 0
+    """Render at most this many rays at once (0: all); bounds memory at evaluation."""
+    occupancy_grid: bool = False
+    """Training skips samples in empty space: the field is evaluated only in the cells of a coarse grid
+    that it marked occupied at the last refresh (Instant-NGP; see dreamfusion.render.occupancy). Previews and
+    exports always evaluate every sample."""
+    occupancy_resolution: int = 64
+    """Cells per side of the occupancy grid over the bounding cube."""
+    occupancy_threshold: float = 0.01
+    """A cell is occupied above this density (or above the mean over the sphere's cells, if lower)."""
+    occupancy_decay: float = 0.5
+    """Each refresh keeps max(decay * previous, new reading) per cell; lower forgets emptied space sooner."""
+    occupancy_update_every: int = 16
+    """Refresh the grid every N training steps."""
+    occupancy_warmup_steps: int = 0
+    """First refresh at this step; before it every cell counts as occupied (exact renders)."""
 
 
 @dataclass

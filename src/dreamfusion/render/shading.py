@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from dreamfusion.config import ShadingConfig
+
+@dataclass
+class ShadingConfig:
+    """Shading of each sample and the schedule of shading modes (paper section 3, step 2)."""
+
+    ambient: float = 0.1
+    """Ambient light l_a."""
+    light_intensity: float = 0.9
+    """Point-light color l_p (grey)."""
+    albedo_warmup_steps: int = 1000
+    """Render the albedo alone for this many first steps."""
+    shaded_probability: float = 0.75
+    """After warm-up: probability of a lit render (else albedo only)."""
+    textureless_probability: float = 0.5
+    """Of lit renders: probability of a textureless one (white albedo)."""
+
 
 ShadingMode = Literal["albedo", "lambertian", "textureless"]
 SHADING_MODES: tuple[ShadingMode, ...] = ("albedo", "lambertian", "textureless")

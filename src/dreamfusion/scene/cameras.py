@@ -14,7 +14,33 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dreamfusion.config import CameraConfig
+
+@dataclass
+class CameraConfig:
+    """Where training cameras and point lights are sampled (paper section 3, step 1)."""
+
+    resolution: int = 64
+    """Rendered image width and height in pixels."""
+    elevation_range: tuple[float, float] = (-10.0, 90.0)
+    """Camera elevation above the xy-plane, in degrees."""
+    azimuth_range: tuple[float, float] = (0.0, 360.0)
+    """Camera azimuth in degrees; 0 looks at the object's front (+x)."""
+    distance_range: tuple[float, float] = (1.0, 1.5)
+    """Camera distance from the origin."""
+    focal_range: tuple[float, float] = (0.7, 1.35)
+    """Focal length multiplier lambda: focal = lambda * resolution (in pixels)."""
+    uniform_sphere_fraction: float = 0.5
+    """Share of cameras drawn uniformly on the sphere; the rest are uniform in elevation angle."""
+    lookat_jitter: float = 0.05
+    """Standard deviation of the look-at point around the origin."""
+    up_jitter: float = 0.02
+    """Standard deviation of the noise added to the +z up vector before orthogonalizing."""
+    light_distance_range: tuple[float, float] = (0.8, 1.5)
+    """Distance of the point light from the origin."""
+    light_jitter: float = 1.0
+    """Standard deviation of the noise added to the camera direction to place the light."""
+    bottom_view_below: float | None = None
+    """Cameras below this elevation get the prompt suffix ", bottom view" (None: never, as in the paper)."""
 
 
 def to_device(tensor: Tensor, device: torch.device) -> Tensor:

@@ -3,11 +3,37 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
-from dreamfusion.config import OptimConfig
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule."""
+
+    optimizer: Literal["adam", "adamw"] = "adam"
+    """Optimizer (the paper used Distributed Shampoo, not in PyTorch; see docs)."""
+    lr: float = 1e-2
+    """Peak learning rate of the field."""
+    background_lr: float = 1e-3
+    """Learning rate of the environment-map MLP."""
+    betas: tuple[float, float] = (0.9, 0.99)
+    """Adam betas."""
+    eps: float = 1e-15
+    """Adam epsilon (small: hash-grid features see sparse gradients)."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay (adamw)."""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """Learning-rate schedule after warm-up."""
+    warmup_steps: int = 0
+    """Linear warm-up from 0 to the peak learning rate."""
+    final_lr: float = 1e-6
+    """Learning rate at the last step (cosine)."""
+    grad_clip_norm: float = 0.0
+    """Clip the global gradient norm at this value (0: off)."""
 
 
 def build_optimizer(field: nn.Module, background: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:

@@ -3,9 +3,47 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+
+@dataclass
+class RegularizerConfig:
+    """Geometry regularizers (paper appendix A.2)."""
+
+    orientation_weight: float = 1e-2
+    """Final weight of the orientation loss (Ref-NeRF) with stop-gradient weights."""
+    orientation_weight_start: float = 1e-4
+    """Weight of the orientation loss at step 0; ramps linearly to the final weight."""
+    orientation_ramp_steps: int = 5000
+    """Steps over which the orientation weight ramps up."""
+    opacity_weight: float = 1e-3
+    """Final weight of the opacity loss sqrt(alpha^2 + 0.01)."""
+    opacity_weight_start: float = 1e-3
+    """Weight of the opacity loss at step 0."""
+    opacity_ramp_steps: int = 0
+    """Steps over which the opacity weight ramps up."""
+    distortion_weight: float = 0.0
+    """Weight of mip-NeRF 360's distortion loss (beyond the paper; 0 = off): it draws each ray's
+    weight into one short interval, a surface rather than a fog."""
+    interior_weight: float = 0.0
+    """Final weight of the interior loss (beyond the paper; 0 = off; needs render.occupancy_grid): it
+    raises the density inside the body, which no render sees, to interior_density, so that the body is
+    solid rather than a shell around speckle."""
+    interior_weight_start: float = 0.0
+    """Weight of the interior loss at step 0; ramps linearly to the final weight. A light start leaves
+    SDS free to carve through the initial blob (a torus's hole) before the inside fills."""
+    interior_ramp_steps: int = 0
+    """Steps over which the interior weight ramps up (0: the final weight from the first step)."""
+    interior_density: float = 100.0
+    """Density (world units) the interior loss raises hidden cells to."""
+    interior_depth: float = 1.0
+    """A cell counts as inside when the occupancy grid's readings put this optical depth between it and
+    the outside from each of the six axis directions (1: under 37% of the light reaches it)."""
+    interior_points: int = 4096
+    """Points drawn in the hidden cells per step."""
 
 
 def orientation_loss(weights: Tensor, normals: Tensor, directions: Tensor) -> Tensor:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dreamfusion.config import CameraConfig, ShadingConfig
+from dreamfusion.render.shading import ShadingConfig
+from dreamfusion.scene.cameras import CameraConfig
 from dreamfusion.world.captions import BOTTOM_BELOW, OVERHEAD_ABOVE
 
 
