@@ -139,7 +139,8 @@ def generate(
     After training, the mesh (RUN/mesh.glb) and a turntable (RUN/turntable.mp4) are written
     unless `export_mesh` / `turntable` is False; `view` serves the field live on `view_port`.
     """
-    from dreamfusion.training.trainer import Trainer, resolve_device
+    from dreamfusion.training.lifecycle import resolve_device
+    from dreamfusion.training.trainer import Trainer
 
     if not isinstance(prompt, str) or not prompt.strip():
         raise UserError('the prompt is empty; give a sentence such as "a ceramic mug"')

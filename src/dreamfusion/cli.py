@@ -253,7 +253,7 @@ def _float(text: str, message: str) -> float:
 
 
 def _device(name: str):
-    from dreamfusion.training.trainer import resolve_device
+    from dreamfusion.training.lifecycle import resolve_device
 
     return resolve_device(name)
 

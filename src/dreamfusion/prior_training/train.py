@@ -38,7 +38,6 @@ from dreamfusion.prior_training.recipes import PriorRecipe, recipe_to_dict
 from dreamfusion.prior_training.sample import sample_prompts, save_grid
 from dreamfusion.training import lifecycle
 from dreamfusion.training.checkpoint import Checkpoint
-from dreamfusion.training.lifecycle import Interrupt, resolve_device
 from dreamfusion.training.optim import lr_factor, set_lr
 from dreamfusion.training.run_dir import RunDir
 from dreamfusion.world.captions import NOUNS
@@ -114,7 +113,7 @@ class PriorTrainer:
         if not 0.0 <= tc.timestep_range_share <= 1.0:
             raise UserError(f"timestep_range_share must be in [0, 1] (got {tc.timestep_range_share})")
         self.recipe, self.cfg = recipe, tc
-        self.device = resolve_device(tc.device)
+        self.device = lifecycle.resolve_device(tc.device)
         self.run = RunDir(Path(out))
         self.run.prepare(RUN_PROMPT, recipe_to_dict(recipe), resume)
 
@@ -151,7 +150,7 @@ class PriorTrainer:
             self._resume()
         self.run.write_config(RUN_PROMPT, recipe_to_dict(recipe))
         self.pool.fill(self.step)
-        self.interrupt = Interrupt()
+        self.interrupt = lifecycle.Interrupt()
 
     @property
     def _stop_requested(self) -> bool:

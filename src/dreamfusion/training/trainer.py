@@ -35,16 +35,13 @@ from dreamfusion.render.volume import composite, normal_latent
 from dreamfusion.scene.cameras import Cameras, orbit_cameras, sample_cameras, to_device
 from dreamfusion.scene.prompts import view_index, view_prompts
 from dreamfusion.training import lifecycle
-from dreamfusion.training.checkpoint import Checkpoint, CheckpointError
+from dreamfusion.training.checkpoint import Checkpoint
 from dreamfusion.training.health import Health
-from dreamfusion.training.lifecycle import Interrupt, StepTimer, resolve_device
 from dreamfusion.training.objective import interior_term, render_loss, weights_at
 from dreamfusion.training.optim import build_optimizer, lr_factor, set_lr
 from dreamfusion.training.run_dir import RunDir, save_image_grid
 
 log = logging.getLogger("dreamfusion")
-
-__all__ = ["Trainer", "read_metrics", "resolve_device", "validate_config"]
 
 METRICS = ("loss", "sds", "sds_grad", "orientation", "distortion", "opacity", "t")
 
@@ -70,7 +67,7 @@ class Trainer:
             )
         self.prompt = prompt.strip()
         self.cfg = cfg
-        self.device = resolve_device(cfg.train.device)
+        self.device = lifecycle.resolve_device(cfg.train.device)
         if self.device.type == "cuda":
             if self.device.index is not None:  # CUDA graphs and streams follow the current device
                 torch.cuda.set_device(self.device)
@@ -109,8 +106,8 @@ class Trainer:
         self._first_step = 0
         self.health = Health(self.device, cfg.train.stall_steps)
         self.elapsed = 0.0
-        self.timer = StepTimer(self.device, cfg.train.profile)
-        self.interrupt = Interrupt()
+        self.timer = lifecycle.StepTimer(self.device, cfg.train.profile)
+        self.interrupt = lifecycle.Interrupt()
         if resume:
             self._resume()
         self.run.write_config(self.prompt, to_dict(cfg))  # only once the run is known to be sound
@@ -362,7 +359,7 @@ class Trainer:
     def _resume(self) -> None:
         def restore(ckpt: Checkpoint) -> None:
             if ckpt.prompt != self.prompt:
-                raise CheckpointError(f"checkpoint was trained on {ckpt.prompt!r}, not {self.prompt!r}")
+                raise ValueError(f"it was trained on {ckpt.prompt!r}, not {self.prompt!r}")
             self.field.load_state_dict(lifecycle.to_device(ckpt.section("field"), self.device))
             self.background.load_state_dict(lifecycle.to_device(ckpt.section("background"), self.device))
             if self.occupancy is not None and ckpt.section("occupancy"):  # else all occupied until refreshed
