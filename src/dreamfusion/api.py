@@ -138,7 +138,8 @@ def generate(
     `guidance`, `model`, `preset`, `steps`, `seed` and `device` are the command line's choices;
     `overrides` sets any other field by its dotted name, e.g. {"sds.guidance_scale": 100, "optim.lr": 5e-3}.
     """
-    from dreamfusion.training.trainer import Trainer, resolve_device
+    from dreamfusion.training.lifecycle import resolve_device
+    from dreamfusion.training.trainer import Trainer
 
     if not isinstance(prompt, str) or not prompt.strip():
         raise UserError('the prompt is empty; give a sentence such as "a ceramic mug"')

@@ -88,7 +88,7 @@ def resolve_auto_device(name: str):
     """A torch.device; auto: CUDA when this machine has it, else the CPU."""
     import torch
 
-    from dreamfusion.training.trainer import resolve_device
+    from dreamfusion.training.lifecycle import resolve_device
 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"

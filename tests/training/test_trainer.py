@@ -9,6 +9,7 @@ import torch
 
 from dreamfusion.api import GUIDANCE_BACKENDS, generate
 from dreamfusion.guidance.base import SDSOutput
+from dreamfusion.training.checkpoint import load_checkpoint
 from dreamfusion.training.trainer import Trainer, read_metrics
 from tests.conftest import tiny_config
 
@@ -32,10 +33,11 @@ def test_run_folder_holds_config_checkpoint_previews_metrics(tmp_path):
     assert result.run_dir == run and result.steps == 6
     saved = json.loads((run / "config.json").read_text())
     assert saved["prompt"] == "a red sphere" and saved["config"]["train"]["steps"] == 6
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
-        "step_0000003.safetensors",
-        "step_0000006.safetensors",
-    ]
+    # A finished run keeps its final checkpoint only, without the optimizer's state.
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000006.safetensors"]
+    final = load_checkpoint(run / "checkpoints" / "step_0000006.safetensors")
+    assert final.section("field") and "rng.cpu" in final.tensors
+    assert not final.section("optim") and "optim" not in final.meta
     assert result.checkpoint == run / "checkpoints" / "step_0000006.safetensors"
     assert {p.name for p in (run / "previews").iterdir()} == {
         "step_0000003.png",
@@ -217,3 +219,20 @@ def test_optimizer_is_fused_on_cuda_only():
     if not torch.cuda.is_available():
         pytest.skip("the CUDA half needs a GPU")
     assert fused("cuda") is True
+
+
+def test_resuming_a_finished_run_does_nothing_or_goes_on_with_a_fresh_optimizer(tmp_path, caplog):
+    cfg = tiny_config(steps=3)
+    done = Trainer("a red sphere", cfg, tmp_path / "run", _backend(cfg))
+    final = done.train()
+    again = Trainer("a red sphere", cfg, tmp_path / "run", _backend(cfg), resume=True)
+    assert again.step == 3 and again.train() == final
+    for key, value in done.field.state_dict().items():
+        assert torch.equal(value, again.field.state_dict()[key]), key
+
+    more = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=5))
+    with caplog.at_level(logging.WARNING, logger="dreamfusion"):
+        longer = Trainer("a red sphere", more, tmp_path / "run", _backend(more), resume=True)
+    assert caplog.text.count("Adam restarts fresh") == 1
+    assert longer.train().name == "step_0000005.safetensors" and longer.step == 5
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_0000005.safetensors"]

@@ -193,7 +193,8 @@ def check_options(options: BenchOptions) -> tuple[PromptSet, list[BenchRun]]:
         raise UserError(f"--jobs must be at least 1 (got {options.jobs})")
     if options.out.exists() and not options.out.is_dir():
         raise UserError(f"--out {options.out} is a file; pass a folder")
-    from dreamfusion.training.trainer import resolve_device, validate_config
+    from dreamfusion.config import validate_config
+    from dreamfusion.training.lifecycle import resolve_device
 
     resolve_device(options.config.train.device)
     validate_config(options.config)

@@ -159,7 +159,7 @@ def _train(args: PriorTrain) -> int:
 def _sample(args: PriorSample) -> int:
     from dreamfusion.prior.model import PriorFileError, load_prior
     from dreamfusion.prior_training.sample import sample_prompts, save_grid
-    from dreamfusion.training.trainer import resolve_device
+    from dreamfusion.training.lifecycle import resolve_device
     from dreamfusion.weights import PRIOR_PATH
 
     if args.n <= 0 or args.steps <= 0:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from dreamfusion.errors import UserError
 from dreamfusion.prior.model import PriorModel, save_prior
@@ -37,15 +35,8 @@ from dreamfusion.prior.unet import UNKNOWN_MODE
 from dreamfusion.prior_training.data import WorldPool, world_config
 from dreamfusion.prior_training.recipes import PriorRecipe, recipe_to_dict
 from dreamfusion.prior_training.sample import sample_prompts, save_grid
-from dreamfusion.training.checkpoint import (
-    CheckpointError,
-    checkpoint_path,
-    flatten_optimizer,
-    load_checkpoint,
-    prune_checkpoints,
-    save_checkpoint,
-    unflatten_optimizer,
-)
+from dreamfusion.training import lifecycle
+from dreamfusion.training.checkpoint import Checkpoint
 from dreamfusion.training.optim import OptimConfig, lr_factor, set_lr
 from dreamfusion.training.run_dir import RunDir
 from dreamfusion.world.captions import NOUNS
@@ -113,8 +104,6 @@ class PriorTrainer:
     """Trains a PriorModel from a recipe into a run folder; `train()` runs until done or out of time."""
 
     def __init__(self, recipe: PriorRecipe, out: Path, resume: bool = False, compile: bool = False) -> None:
-        from dreamfusion.training.trainer import resolve_device
-
         tc = recipe.train
         if tc.steps <= 0 or tc.batch_size <= 0:
             raise UserError(f"steps and batch size must be positive (got {tc.steps}, {tc.batch_size})")
@@ -123,7 +112,7 @@ class PriorTrainer:
         if not 0.0 <= tc.timestep_range_share <= 1.0:
             raise UserError(f"timestep_range_share must be in [0, 1] (got {tc.timestep_range_share})")
         self.recipe, self.cfg = recipe, tc
-        self.device = resolve_device(tc.device)
+        self.device = lifecycle.resolve_device(tc.device)
         self.run = RunDir(Path(out))
         self.run.prepare(RUN_PROMPT, recipe_to_dict(recipe), resume)
 
@@ -160,7 +149,16 @@ class PriorTrainer:
             self._resume()
         self.run.write_config(RUN_PROMPT, recipe_to_dict(recipe))
         self.pool.fill(self.step)
-        self._stop_requested = False
+        self.interrupt = lifecycle.Interrupt()
+
+    @property
+    def _stop_requested(self) -> bool:
+        """Whether the loop stops (after saving) at the end of this step; Ctrl-C sets it."""
+        return self.interrupt.requested
+
+    @_stop_requested.setter
+    def _stop_requested(self, value: bool) -> None:
+        self.interrupt.requested = value
 
     # ----------------------------------------------------------------------------------- one step
     def _autocast(self):
@@ -221,50 +219,39 @@ class PriorTrainer:
         already used changes, and the cosine decay then ends on time.
         """
         start = time.perf_counter()
-        previous = signal.getsignal(signal.SIGINT)
-        if _in_main_thread():
-            signal.signal(signal.SIGINT, self._request_stop)
-        bar = tqdm(
-            total=self.cfg.steps,
-            initial=self.step,
-            disable=not self.cfg.progress,
-            desc="prior",
-            unit="step",
-            dynamic_ncols=True,
-        )
         fit = fit_minutes > 0 and self.step < FIT_STEPS[0]
         stats, reason, fit_start = StepStats(), "done", start
+        running = lifecycle.running(
+            self.run, self.interrupt, self.cfg.steps, self.step, self.cfg.progress, "prior"
+        )
         try:
-            while self.step < self.cfg.steps:
-                self.train_step(stats)
-                bar.update(1)
-                if fit and self.step == FIT_STEPS[0]:
-                    _sync(self.device)
-                    fit_start = time.perf_counter()
-                if fit and self.step == FIT_STEPS[1]:
-                    self._fit_steps(fit_minutes, start, fit_start)
-                    bar.total = self.cfg.steps
-                if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
-                    record = self._log(stats, time.perf_counter() - start)
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", it_s=f"{record['steps_per_s']:.1f}")
-                    stats = StepStats()
-                if self.step % self.cfg.checkpoint_every == 0:
-                    self.save()
-                    if not self.cfg.progress:
-                        seconds = time.perf_counter() - start
-                        print(f"step {self.step}/{self.cfg.steps}: checkpoint saved ({seconds:.0f} s)")
-                if self._stop_requested:
-                    reason = "interrupted"
-                    break
-                if max_minutes > 0 and time.perf_counter() - start > 60.0 * max_minutes:
-                    reason = "time budget reached"
-                    break
+            with running as bar:
+                while self.step < self.cfg.steps:
+                    self.train_step(stats)
+                    bar.update(1)
+                    if fit and self.step == FIT_STEPS[0]:
+                        _sync(self.device)
+                        fit_start = time.perf_counter()
+                    if fit and self.step == FIT_STEPS[1]:
+                        self._fit_steps(fit_minutes, start, fit_start)
+                        bar.total = self.cfg.steps
+                    if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                        record = self._log(stats, time.perf_counter() - start)
+                        bar.set_postfix(loss=f"{record['loss']:.4f}", it_s=f"{record['steps_per_s']:.1f}")
+                        stats = StepStats()
+                    if self.step % self.cfg.checkpoint_every == 0:
+                        self.save()
+                        if not self.cfg.progress:
+                            seconds = time.perf_counter() - start
+                            print(f"step {self.step}/{self.cfg.steps}: checkpoint saved ({seconds:.0f} s)")
+                    if self._stop_requested:
+                        reason = "interrupted"
+                        break
+                    if max_minutes > 0 and time.perf_counter() - start > 60.0 * max_minutes:
+                        reason = "time budget reached"
+                        break
         finally:
-            bar.close()
             self.elapsed += time.perf_counter() - start
-            if _in_main_thread():
-                signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
-            self.run.close()
         self.save()
         if self.cfg.sample_steps > 0:
             # Rows: the four colors lit (lambertian), then the same prompts with any shading (as SDS asks).
@@ -286,11 +273,6 @@ class PriorTrainer:
         self.cfg = dataclasses.replace(self.cfg, steps=steps)
         self.recipe = dataclasses.replace(self.recipe, train=self.cfg)
         self.run.write_config(RUN_PROMPT, recipe_to_dict(self.recipe))
-
-    def _request_stop(self, signum, frame) -> None:
-        if self._stop_requested:
-            raise KeyboardInterrupt
-        self._stop_requested = True
 
     def _log(self, stats: StepStats, segment_seconds: float) -> dict[str, Any]:
         seconds = time.perf_counter() - stats.start
@@ -326,19 +308,17 @@ class PriorTrainer:
     def save(self) -> Path:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         tensors.update({f"ema.{k}": v for k, v in self.ema.items()})
-        optim_tensors, optim_rest = flatten_optimizer(self.optimizer.state_dict())
-        tensors.update(optim_tensors)
         tensors["rng.device"] = self.gen.get_state().cpu()
-        meta = {"optim": optim_rest, "elapsed_s": self.elapsed}
-        path = save_checkpoint(
-            checkpoint_path(self.run.checkpoints, self.step),
+        path = lifecycle.save(
+            self.run,
             self.step,
             RUN_PROMPT,
             recipe_to_dict(self.recipe),
             tensors,
-            meta,
+            {"elapsed_s": self.elapsed},
+            keep=self.cfg.keep_checkpoints,
+            optimizer=self.optimizer,
         )
-        prune_checkpoints(self.run.checkpoints, self.cfg.keep_checkpoints)
         save_prior(self.model, self.run.path / "prior.safetensors", state=self._ema_state())
         return path
 
@@ -376,29 +356,20 @@ class PriorTrainer:
         return {**self.model.state_dict(), **self.ema}
 
     def _resume(self) -> None:
-        path = self.run.latest_checkpoint()
-        if path is None:
-            raise UserError(f"nothing to resume in {self.run.path}: no checkpoint under checkpoints/")
-        try:
-            ckpt = load_checkpoint(path)
-            self.model.load_state_dict({k: v.to(self.device) for k, v in ckpt.section("model").items()})
+        def restore(ckpt: Checkpoint) -> None:
+            self.model.load_state_dict(lifecycle.to_device(ckpt.section("model"), self.device))
             ema = ckpt.section("ema")
             if set(ema) != set(self.ema):
                 raise KeyError("EMA weights do not match the model")
             self.ema = {k: ema[k].to(self.device) for k in self.ema}
-            self.optimizer.load_state_dict(unflatten_optimizer(ckpt.section("optim"), ckpt.meta["optim"]))
+            if not lifecycle.restore_optimizer(self.optimizer, ckpt):
+                raise KeyError("it holds no optimizer state")
             match_parameter_layout(self.optimizer)
             self.gen.set_state(ckpt.tensors["rng.device"])
-        except CheckpointError as e:
-            raise UserError(f"cannot resume: {e}") from None
-        except (RuntimeError, KeyError, ValueError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise UserError(
-                f"cannot resume: checkpoint {path} does not match this recipe ({first})"
-            ) from None
+
+        ckpt = lifecycle.resume(self.run, restore, "this recipe")
         self.step = ckpt.step
         self.elapsed = float(ckpt.meta.get("elapsed_s", 0.0))
-        self.run.truncate_metrics(self.step)
 
 
 def match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
@@ -417,9 +388,3 @@ def match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()

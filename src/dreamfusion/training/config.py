@@ -29,7 +29,10 @@ class TrainConfig:
     checkpoint_every: int = 1000
     """Save a checkpoint every N steps (and always at the end)."""
     keep_checkpoints: int = 2
-    """How many checkpoints to keep."""
+    """How many checkpoints to keep while training (0: all); a finished run keeps its final one."""
+    stall_steps: int = 50
+    """Stop with an error once the SDS gradient has been zero or non-finite this many steps in a row
+    (0: never)."""
     progress: bool = True
     """Show a progress bar with loss and ETA."""
     tensorboard: bool = False

@@ -36,6 +36,7 @@ RESUMABLE_CHANGES = {
     "train.keep_checkpoints",
     "train.tensorboard",
     "train.profile",
+    "train.stall_steps",
 }
 
 

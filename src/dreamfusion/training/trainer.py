@@ -7,6 +7,9 @@ shading choices, one on the device for ray jitter, timesteps and noise). Their s
 every checkpoint, so a resumed run replays exactly the draws the uninterrupted run would have made.
 The occupancy grid (empty-space skipping, `render.occupancy_grid`) is saved too; its refreshes draw
 from a generator seeded by the step, so the grid on or off leaves every other draw unchanged.
+
+The loss is objective.py's; saving, resuming, Ctrl-C and the progress bar are lifecycle.py's. A
+finished run's last checkpoint holds the weights without Adam's moments (they only serve to go on).
 """
 
 from __future__ import annotations
@@ -14,14 +17,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from dreamfusion.config import Config, to_dict, validate_config
 from dreamfusion.errors import UserError
@@ -34,65 +34,21 @@ from dreamfusion.render.shading import choose_shading
 from dreamfusion.render.volume import composite, normal_latent
 from dreamfusion.scene.cameras import Cameras, orbit_cameras, sample_cameras, to_device
 from dreamfusion.scene.prompts import view_index, view_prompts
-from dreamfusion.training.checkpoint import (
-    CheckpointError,
-    checkpoint_path,
-    flatten_optimizer,
-    load_checkpoint,
-    prune_checkpoints,
-    save_checkpoint,
-    unflatten_optimizer,
-)
+from dreamfusion.training import lifecycle
+from dreamfusion.training.checkpoint import Checkpoint
+from dreamfusion.training.health import Health
+from dreamfusion.training.objective import interior_term, render_loss, weights_at
 from dreamfusion.training.optim import build_optimizer, lr_factor, set_lr
-from dreamfusion.training.regularizers import (
-    distortion_loss,
-    interior_loss,
-    opacity_loss,
-    orientation_loss,
-    ramp,
-)
 from dreamfusion.training.run_dir import RunDir, save_image_grid
 
 log = logging.getLogger("dreamfusion")
 
-
-@dataclass
-class StepTimer:
-    """Wall time per phase; synchronizes CUDA around phases only when asked (it slows training)."""
-
-    device: torch.device
-    sync: bool
-    totals: dict[str, float] = field(default_factory=dict)
-
-    @contextlib.contextmanager
-    def __call__(self, name: str):
-        if self.sync and self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
-        yield
-        if self.sync and self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - start
+METRICS = ("loss", "sds", "sds_grad", "orientation", "distortion", "opacity", "t")
 
 
 def read_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """A step's statistics as Python numbers (waits for the device to finish the step)."""
     return {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
-
-
-def resolve_device(name: str) -> torch.device:
-    """A torch.device, or a UserError when CUDA is asked for where there is none."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device '{name}'; use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(
-            "CUDA was asked for (--device cuda) but this machine has no usable GPU; use --device cpu"
-        )
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"device '{name}' is not supported; use cpu or cuda")
-    return device
 
 
 class Trainer:
@@ -111,7 +67,7 @@ class Trainer:
             )
         self.prompt = prompt.strip()
         self.cfg = cfg
-        self.device = resolve_device(cfg.train.device)
+        self.device = lifecycle.resolve_device(cfg.train.device)
         if self.device.type == "cuda":
             if self.device.index is not None:  # CUDA graphs and streams follow the current device
                 torch.cuda.set_device(self.device)
@@ -147,14 +103,23 @@ class Trainer:
         self.cpu_gen = torch.Generator().manual_seed(cfg.train.seed)
         self.device_gen = torch.Generator(self.device).manual_seed(cfg.train.seed + 1)
         self.step = 0
-        self._skipped = torch.zeros((), dtype=torch.long, device=self.device)
-        self._reported_skipped = 0
+        self._first_step = 0
+        self.health = Health(self.device, cfg.train.stall_steps)
         self.elapsed = 0.0
-        self.timer = StepTimer(self.device, cfg.train.profile)
-        self._stop_requested = False
+        self.timer = lifecycle.StepTimer(self.device, cfg.train.profile)
+        self.interrupt = lifecycle.Interrupt()
         if resume:
             self._resume()
         self.run.write_config(self.prompt, to_dict(cfg))  # only once the run is known to be sound
+
+    @property
+    def _stop_requested(self) -> bool:
+        """Whether the loop stops (after saving) at the end of this step; Ctrl-C sets it."""
+        return self.interrupt.requested
+
+    @_stop_requested.setter
+    def _stop_requested(self, value: bool) -> None:
+        self.interrupt.requested = value
 
     # ----------------------------------------------------------------------------------- one step
     def train_step(self) -> dict[str, Any]:
@@ -172,8 +137,8 @@ class Trainer:
             self.device,
         )
         cameras = cameras.to(self.device)
-        orientation_w, opacity_w, interior_w = self._regularizer_weights()
-        need_normals = latent or shading != "albedo" or orientation_w > 0
+        weights = weights_at(self.step, cfg.regularizers)
+        need_normals = latent or shading != "albedo" or weights.orientation > 0
         if self.occupancy is not None and self._occupancy_due():
             with timer("occupancy"):
                 self.occupancy.update(self.field, self._occupancy_generator())
@@ -182,7 +147,7 @@ class Trainer:
         # each is an average over its views, so it is weighted by its share of the batch.
         self.optimizer.zero_grad(set_to_none=True)
         batch, micro = len(cameras), cfg.train.micro_batch or len(cameras)
-        sums = dict.fromkeys(("loss", "sds", "sds_grad", "orientation", "distortion", "opacity", "t"), 0.0)
+        sums = dict.fromkeys(METRICS, 0.0)
         loss_finite = torch.ones((), dtype=torch.bool, device=self.device)
         evaluated = 0
         for start in range(0, batch, micro):
@@ -219,15 +184,8 @@ class Trainer:
                     self.device_gen,
                     self.step / cfg.train.steps,
                 )
-            loss = sds.loss + opacity_w * opacity_loss(out.alpha)
-            distortion = torch.zeros((), device=self.device)
-            if cfg.regularizers.distortion_weight > 0:
-                distortion = distortion_loss(out.weights, out.t_mid, out.deltas)
-                loss = loss + cfg.regularizers.distortion_weight * distortion
-            orient = torch.zeros((), device=self.device)
-            if out.sample_normals is not None and orientation_w > 0:
-                orient = orientation_loss(out.weights, out.sample_normals, out.directions)
-                loss = loss + orientation_w * orient
+            terms = render_loss(sds.loss, out, weights)
+            loss = terms.total
             with timer("backward"):
                 (loss * share).backward()
             loss_finite = loss_finite & torch.isfinite(loss.detach())
@@ -235,17 +193,18 @@ class Trainer:
                 ("loss", loss),
                 ("sds", sds.loss),
                 ("sds_grad", sds.grad_norm),
-                ("orientation", orient),
-                ("distortion", distortion),
+                ("orientation", terms.value("orientation")),
+                ("distortion", terms.value("distortion")),
                 ("opacity", out.alpha.mean()),
                 ("t", sds.timesteps.float().mean()),
             ):
                 sums[key] += share * value.detach().float()
-        sums["interior"] = self._interior_step(interior_w, loss_finite)
+        sums["interior"] = self._interior_step(weights.interior, loss_finite)
 
         with timer("optimizer"):
             lr = set_lr(self.optimizer, lr_factor(self.step, cfg.train.steps, cfg.optim))
             skipped = self._optimizer_step(loss_finite)
+        self.health.record(skipped, sums["sds_grad"])
         self.step += 1
         extra = {}
         if self.occupancy is not None:
@@ -257,17 +216,12 @@ class Trainer:
         return {"step": self.step, **sums, "shading": shading, "lr": lr, "skipped": skipped, **extra}
 
     def _interior_step(self, weight: float, loss_finite: torch.Tensor) -> torch.Tensor:
-        """Backpropagate `weight` (this step's, ramped) times the interior loss at points hidden inside
-        the body (none until the occupancy grid's first refresh finds any); returns the loss, 0 when
-        off. Flags a non-finite loss."""
-        reg = self.cfg.regularizers
-        if reg.interior_weight <= 0 or self.occupancy is None:
-            return torch.zeros((), device=self.device)
-        points = self.occupancy.interior_points(reg.interior_points, reg.interior_depth, self.device_gen)
-        if points is None:
-            return torch.zeros((), device=self.device)
+        """Backpropagate `weight` times the interior loss (objective.interior_term); returns the
+        loss, 0 when there is none this step. Flags a non-finite loss."""
         with self.timer("interior"), self._autocast():
-            loss = interior_loss(self.field.density(points), reg.interior_density)
+            loss = interior_term(self.field, self.occupancy, self.cfg.regularizers, self.device_gen)
+            if loss is None:
+                return torch.zeros((), device=self.device)
             (weight * loss).backward()
         loss_finite &= torch.isfinite(loss.detach())
         return loss.detach()
@@ -282,14 +236,6 @@ class Trainer:
         # other random draw of the run unchanged.
         seed = (self.cfg.train.seed * 1_000_003 + self.step) % 2**63
         return torch.Generator(self.device).manual_seed(seed)
-
-    def _regularizer_weights(self) -> tuple[float, float, float]:
-        reg = self.cfg.regularizers
-        return (
-            ramp(self.step, reg.orientation_weight_start, reg.orientation_weight, reg.orientation_ramp_steps),
-            ramp(self.step, reg.opacity_weight_start, reg.opacity_weight, reg.opacity_ramp_steps),
-            ramp(self.step, reg.interior_weight_start, reg.interior_weight, reg.interior_ramp_steps),
-        )
 
     def _params(self) -> list[torch.nn.Parameter]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -311,25 +257,7 @@ class Trainer:
             self.optimizer.step()
         elif not found_inf.item():  # the CPU waits for nothing
             self.optimizer.step()
-        self._skipped += found_inf.long()
         return found_inf.bool()
-
-    @property
-    def skipped_steps(self) -> int:
-        """Steps whose update was dropped for a non-finite loss or gradient (reading it waits for the
-        device)."""
-        return int(self._skipped)
-
-    def report_skipped(self) -> None:
-        """Warn once for steps dropped since the last report (the loop calls this when it logs)."""
-        skipped = self.skipped_steps
-        if skipped > self._reported_skipped:
-            log.warning(
-                "%d step(s) up to step %d had a non-finite loss or gradient; their updates were skipped",
-                skipped - self._reported_skipped,
-                self.step,
-            )
-            self._reported_skipped = skipped
 
     def _autocast(self):
         dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.cfg.train.dtype]
@@ -341,60 +269,54 @@ class Trainer:
     def train(self) -> Path:
         """Run until `train.steps`; returns the final checkpoint's path. Ctrl-C saves and stops."""
         cfg = self.cfg.train
-        previous = signal.getsignal(signal.SIGINT)
-        if previous is not None and _in_main_thread():
-            signal.signal(signal.SIGINT, self._request_stop)
-        bar = tqdm(
-            total=cfg.steps,
-            initial=self.step,
-            disable=not cfg.progress,
-            desc="dreamfusion",
-            unit="step",
-            dynamic_ncols=True,
-        )
-        last_ckpt = None
-        if cfg.tensorboard:
-            self.run.open_tensorboard()
-        try:
+        saved = None
+        with lifecycle.running(
+            self.run, self.interrupt, cfg.steps, self.step, cfg.progress, "dreamfusion"
+        ) as bar:
+            if cfg.tensorboard:
+                self.run.open_tensorboard()
             while self.step < cfg.steps:
                 start = time.perf_counter()
                 metrics = self.train_step()
                 self.elapsed += time.perf_counter() - start
                 bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                last = self.step == cfg.steps
+                if lifecycle.due(self.step, cfg.log_every) or last:
                     metrics = read_metrics(metrics)
                     bar.set_postfix(loss=f"{metrics['loss']:.4g}", shading=metrics["shading"][:5])
                     self.run.log_metrics(
                         {**metrics, "elapsed_s": round(self.elapsed, 3), "timings": self.timings()}
                     )
                     self.report_skipped()
-                if cfg.preview_every and self.step % cfg.preview_every == 0:
+                    self.health.check_stall(self.step)
+                elif lifecycle.due(self.step, cfg.stall_steps):
+                    self.health.check_stall(self.step)
+                if lifecycle.due(self.step, cfg.preview_every):
                     self.save_preview()
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
-                    last_ckpt = self.save()
-                if self._stop_requested:
-                    last_ckpt = self.save()
+                if lifecycle.due(self.step, cfg.checkpoint_every) or last:
+                    saved = self.save(final=last)
+                if self._stop_requested and not last:  # at the last step the run is done anyway
+                    saved = self.save()
                     bar.write(f"interrupted at step {self.step}; checkpoint saved, resume with --resume")
                     raise KeyboardInterrupt
-        finally:
-            bar.close()
-            self.run.close()
-            if _in_main_thread():
-                signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
-        if last_ckpt is None:  # already finished on resume
-            last_ckpt = self.run.latest_checkpoint()
+        if saved is None:  # already finished on resume
+            saved = self.run.latest_checkpoint()
         self.save_preview(name="final")
-        return last_ckpt
-
-    def _request_stop(self, signum, frame) -> None:
-        if self._stop_requested:  # second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self._stop_requested = True
+        return saved
 
     def timings(self) -> dict[str, float]:
         """Mean seconds per step of each phase so far in this process."""
-        steps = max(1, self.step - getattr(self, "_first_step", 0))
+        steps = max(1, self.step - self._first_step)
         return {k: round(v / steps, 5) for k, v in self.timer.totals.items()}
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps whose update was dropped for a non-finite loss or gradient (waits for the device)."""
+        return int(self.health.skipped)
+
+    def report_skipped(self) -> None:
+        """Warn once for steps dropped since the last report (the loop calls this when it logs)."""
+        self.health.report_skipped(self.step)
 
     # ------------------------------------------------------------------------ previews, saving
     @torch.no_grad()
@@ -411,66 +333,47 @@ class Trainer:
         path = self.run.previews / f"{name or f'step_{self.step:07d}'}.png"
         return save_image_grid(path, self.preview_images())
 
-    def save(self) -> Path:
-        tensors: dict[str, torch.Tensor] = {}
-        tensors.update({f"field.{k}": v for k, v in self.field.state_dict().items()})
+    def save(self, final: bool = False) -> Path:
+        """Checkpoint the run. The `final` one holds the weights, the occupancy grid and the generator
+        states but not Adam's moments (twice the weights, needed only to go on), and older
+        checkpoints go (unless train.keep_checkpoints keeps them all)."""
+        tensors = {f"field.{k}": v for k, v in self.field.state_dict().items()}
         tensors.update({f"background.{k}": v for k, v in self.background.state_dict().items()})
         if self.occupancy is not None:
             tensors.update({f"occupancy.{k}": v for k, v in self.occupancy.state_dict().items()})
-        optim_tensors, optim_rest = flatten_optimizer(self.optimizer.state_dict())
-        tensors.update(optim_tensors)
         tensors["rng.cpu"] = self.cpu_gen.get_state()
         tensors["rng.device"] = self.device_gen.get_state().cpu()
-        meta = {"optim": optim_rest, "skipped_steps": self.skipped_steps, "elapsed_s": self.elapsed}
-        path = save_checkpoint(
-            checkpoint_path(self.run.checkpoints, self.step),
+        meta = {"skipped_steps": self.skipped_steps, "elapsed_s": self.elapsed}
+        keep = self.cfg.train.keep_checkpoints
+        return lifecycle.save(
+            self.run,
             self.step,
             self.prompt,
             to_dict(self.cfg),
             tensors,
             meta,
+            keep=min(keep, 1) if final else keep,
+            optimizer=None if final else self.optimizer,
         )
-        prune_checkpoints(self.run.checkpoints, self.cfg.train.keep_checkpoints)
-        return path
 
     def _resume(self) -> None:
-        path = self.run.latest_checkpoint()
-        if path is None:
-            raise UserError(f"nothing to resume in {self.run.path}: no checkpoint under checkpoints/")
-        try:
-            ckpt = load_checkpoint(path)
+        def restore(ckpt: Checkpoint) -> None:
             if ckpt.prompt != self.prompt:
-                raise CheckpointError(
-                    f"checkpoint {path} was trained on {ckpt.prompt!r}, not {self.prompt!r}"
-                )
-            self.field.load_state_dict(_to(ckpt.section("field"), self.device))
-            self.background.load_state_dict(_to(ckpt.section("background"), self.device))
+                raise ValueError(f"it was trained on {ckpt.prompt!r}, not {self.prompt!r}")
+            self.field.load_state_dict(lifecycle.to_device(ckpt.section("field"), self.device))
+            self.background.load_state_dict(lifecycle.to_device(ckpt.section("background"), self.device))
             if self.occupancy is not None and ckpt.section("occupancy"):  # else all occupied until refreshed
-                self.occupancy.load_state_dict(_to(ckpt.section("occupancy"), self.device))
-            optim_state = unflatten_optimizer(ckpt.section("optim"), ckpt.meta["optim"])
-            self.optimizer.load_state_dict(optim_state)
+                self.occupancy.load_state_dict(lifecycle.to_device(ckpt.section("occupancy"), self.device))
+            if not lifecycle.restore_optimizer(self.optimizer, ckpt) and ckpt.step < self.cfg.train.steps:
+                # A finished run's checkpoint: going on is a new segment of training.
+                log.warning(
+                    "the run had finished at step %d and kept no optimizer state: Adam restarts fresh",
+                    ckpt.step,
+                )
             self.cpu_gen.set_state(ckpt.tensors["rng.cpu"])
             self.device_gen.set_state(ckpt.tensors["rng.device"])
-        except CheckpointError as e:
-            raise UserError(f"cannot resume: {e}") from None
-        except (RuntimeError, KeyError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(
-                f"cannot resume: checkpoint {path} does not match this run's model ({first})"
-            ) from None
-        self.step = ckpt.step
-        self._first_step = ckpt.step
-        self._reported_skipped = int(ckpt.meta.get("skipped_steps", 0))
-        self._skipped.fill_(self._reported_skipped)
+
+        ckpt = lifecycle.resume(self.run, restore, "this run's model")
+        self.step = self._first_step = ckpt.step
+        self.health.resume(int(ckpt.meta.get("skipped_steps", 0)))
         self.elapsed = float(ckpt.meta.get("elapsed_s", 0.0))
-        self.run.truncate_metrics(self.step)
-
-
-def _to(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in tensors.items()}
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
