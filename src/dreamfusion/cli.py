@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     from dreamfusion.bench.cli import add_parsers as _bench_parsers  # argparse only; no torch import
 
     _bench_parsers(sub)
+    from dreamfusion.batch.cli import add_batch_parser  # argparse only; no torch import
+
+    add_batch_parser(sub)
     return parser
 
 
@@ -264,6 +267,12 @@ def _bench(args: argparse.Namespace, extra: list[str]) -> int:
     return run(args, extra)
 
 
+def _batch(args: argparse.Namespace, extra: list[str]) -> int:
+    from dreamfusion.batch.cli import run_batch
+
+    return run_batch(args, extra)
+
+
 def _prior(args: argparse.Namespace, extra: list[str]) -> int:
     from dreamfusion.prior_training.cli import run
 
@@ -271,7 +280,14 @@ def _prior(args: argparse.Namespace, extra: list[str]) -> int:
     return run(args)
 
 
-COMMANDS = {"export": _export, "render": _render, "view": _view, "prior": _prior, "bench": _bench}
+COMMANDS = {
+    "export": _export,
+    "render": _render,
+    "view": _view,
+    "prior": _prior,
+    "bench": _bench,
+    "batch": _batch,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
