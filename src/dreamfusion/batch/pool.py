@@ -40,18 +40,19 @@ class InProcessPool:
 
         self.gpus = float(torch.cuda.device_count())
         self.cpus = float(os.cpu_count() or 1)
-        self._queue: list[tuple[Any, Callable, tuple]] = []
+        self._queue: list[tuple[Any, Callable, tuple, float]] = []
         self.latencies: list[float] = []
+        """Seconds from each finished task's submission to its start, in the order they finished."""
 
     def submit(self, key, fn: Callable, *args, resources: Resources) -> None:
-        self._queue.append((key, fn, args))
+        self._queue.append((key, fn, args, time.time()))
 
     def pending(self) -> int:
         return len(self._queue)
 
     def wait(self) -> tuple[Any, Any, BaseException | None]:
-        key, fn, args = self._queue.pop(0)
-        self.latencies.append(0.0)
+        key, fn, args, submitted = self._queue.pop(0)
+        self.latencies.append(time.time() - submitted)
         try:
             return key, fn(*args), None
         except Exception as error:  # noqa: BLE001 - handed back: one task's failure stops no other

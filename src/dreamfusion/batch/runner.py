@@ -140,6 +140,8 @@ def _run(runs: list[RunSpec], cfg: Config, out: Path, pool, resources, assets, p
                 from dreamfusion.batch.pool import one_line
 
                 record = {"status": "failed", "reason": one_line(error)}
+            elif kind == "train":  # waiting for a free slot, plus starting the task on a worker
+                record["queued_seconds"] = round(pool.latencies[-1], 3)
             manifest.update(name, record)
             status = manifest.records[name]["status"]
             if status == "trained":

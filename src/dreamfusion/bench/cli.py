@@ -2,7 +2,8 @@
 
 dreamfusion bench fidelity [--out DIR] [--preset NAME] [--only OBJECT ...] [--seeds N ...] [--limit N]
                            [--steps N] [--checkpoint-every N] [--guidance NAME] [--device cpu|cuda]
-                           [--jobs N] [--section.field VALUE ...]
+                           [--jobs N] [--address auto|HOST:PORT] [--gpus-per-run F] [--cpus-per-run N]
+                           [--section.field VALUE ...]
 dreamfusion bench merge DIR DIR ... --out DIR [--no-sheet]
 """
 
@@ -53,8 +54,16 @@ def add_parsers(sub) -> None:
         help="keep every checkpoint of a scored run (default: only the newest)",
     )
     fid.add_argument(
-        "--jobs", type=int, default=1, help="runs trained at once, each in its own process (default 1)"
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs trained at once, sharing the GPUs (or cores) equally, each in its own process (default 1)",
     )
+    fid.add_argument(
+        "--address", default=None, help="join a Ray cluster: auto or HOST:PORT (default: start one here)"
+    )
+    fid.add_argument("--gpus-per-run", type=float, default=None, help="GPUs per run; 0.125: 8 on a GPU")
+    fid.add_argument("--cpus-per-run", type=float, default=None, help="CPU cores per run")
     fid.add_argument("--quiet", action="store_true", help="no progress bars")
     merge = which.add_parser(
         "merge",
@@ -78,7 +87,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     from dreamfusion.api import apply_overrides, resolve_config
     from dreamfusion.bench.runner import BenchOptions, run_benchmark
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or ("cuda" if torch.cuda.is_available() or args.address else "cpu")
     cfg = resolve_config(args.preset, args.steps, None, args.guidance, device)
     cfg = apply_overrides(cfg, extra, "dreamfusion bench fidelity")
     train = cfg.train
@@ -100,6 +109,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         frame_size=args.frame_size,
         keep_checkpoints=args.keep_checkpoints,
         jobs=args.jobs,
+        address=args.address,
+        gpus_per_run=args.gpus_per_run,
+        cpus_per_run=args.cpus_per_run,
     )
     report = run_benchmark(options, log=lambda line: print(line, flush=True))
     _print_targets(report, args.out)
