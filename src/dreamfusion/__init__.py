@@ -2,7 +2,7 @@
 
 __version__ = "0.2.0"
 
-__all__ = ["__version__", "generate"]
+__all__ = ["__version__", "generate", "generate_many"]
 
 
 def __getattr__(name: str):
@@ -11,4 +11,8 @@ def __getattr__(name: str):
         from dreamfusion.api import generate
 
         return generate
+    if name == "generate_many":
+        from dreamfusion.batch.runner import generate_many
+
+        return generate_many
     raise AttributeError(f"module 'dreamfusion' has no attribute {name!r}")

@@ -16,6 +16,7 @@ export, render and view take --device auto (cuda when there is one, else cpu).
     dreamfusion prior sample PROMPT [-n 16] [--out grid.png] ...
     dreamfusion bench fidelity [--out DIR] [--preset NAME] [--only OBJECT ...] [--seeds N ...] ...
     dreamfusion bench merge DIR DIR ... --out DIR
+    dreamfusion batch PROMPTS --out DIR [--seeds N ...] [--address auto|HOST:PORT] [--gpus-per-run F] ...
 
 A command is a dataclass whose fields are its flags (their docstrings are the help) and whose
 `run(argv, default)` does the work; a command taking the whole Config gives a classmethod
@@ -55,6 +56,10 @@ COMMANDS: dict[str, Command] = {
     "view": Command("dreamfusion.commands:View", "Serve a web viewer of a run."),
     "prior": Command(
         "dreamfusion.prior_training.cli:COMMANDS", "Train or sample the bundled text-to-image prior."
+    ),
+    "batch": Command(
+        "dreamfusion.batch.cli:Batch",
+        "Train many prompts at once, on every GPU of a machine or a Ray cluster.",
     ),
     "bench": Command("dreamfusion.bench.cli:COMMANDS", "Benchmarks against the world's ground truth."),
 }

@@ -200,7 +200,7 @@ def test_bad_input_gets_one_line_and_writes_nothing(tmp_path, capsys, argv, mess
 
 
 def test_runs_in_parallel_processes_give_the_same_report(tmp_path):
-    """--jobs 2: the two runs train in two spawned processes; the report lists them in the set's
+    """--jobs 2: the two runs train at once in two Ray workers; the report lists them in the set's
     order, says two ran at once, and the numbers equal a one-at-a-time benchmark's (same seeds)."""
     if not PRIOR_PATH.is_file():
         pytest.skip(f"the bundled prior's weights are not installed ({PRIOR_PATH})")
@@ -216,72 +216,23 @@ def test_runs_in_parallel_processes_give_the_same_report(tmp_path):
     assert "2 runs trained at once" in (parallel / "fidelity.md").read_text()
 
 
-def test_parallel_workers_share_the_cores():
-    """--jobs N gives each worker an equal share of the cores (at least one), set in the worker."""
-    from dreamfusion.bench.workers import limit_threads, worker_threads
-
-    assert worker_threads(2, 16) == 8 and worker_threads(16, 16) == 1 and worker_threads(21, 16) == 1
-    before = torch.get_num_threads()
-    try:
-        limit_threads(1)
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
-
-
-def test_parallel_runs_spread_over_every_gpu(monkeypatch):
-    """A plain --device cuda on a machine of several GPUs gives worker k the GPU k mod count; a
-    named device, the CPU, or a single GPU keeps every run where it was asked."""
-    from dreamfusion.bench.runner import BenchOptions, on_device
-    from dreamfusion.bench.workers import run_devices
+def test_jobs_is_an_equal_share_of_the_gpus_or_cores():
+    """--jobs N: an N-th of the GPUs a run (at most one) on CUDA, an N-th of the cores; a share
+    given outright stays; without --jobs nothing is set and the batch defaults apply."""
+    from dreamfusion.bench.runner import BenchOptions, in_parallel, share_of
     from dreamfusion.config import Config
 
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    assert run_devices("cuda") == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
-    assert run_devices("cuda:2") == ["cuda:2"] and run_devices("cpu") == ["cpu"]
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert run_devices("cuda") == ["cuda"]
-    options = BenchOptions(config=Config(), out=Path("out"), jobs=8)
-    moved = on_device(options, "cuda:3")
-    assert moved.config.train.device == "cuda:3" and options.config.train.device != "cuda:3"
-    assert moved.jobs == 8 and moved.config.train.steps == options.config.train.steps
-
-
-def test_runs_sharing_a_gpu_without_mps_get_one_line_naming_it(tmp_path, monkeypatch):
-    """More runs than GPUs and no MPS daemon: one line says how to let them run side by side. Not
-    when MPS is up, nor with a GPU each, nor on the CPU."""
-    from dreamfusion.bench.workers import mps_running, sharing_hint
-
-    hint = sharing_hint(11, ["cuda"], mps=False)
-    assert hint is not None and "nvidia-cuda-mps-control -d" in hint and "\n" not in hint
-    assert sharing_hint(11, ["cuda"], mps=True) is None
-    assert sharing_hint(4, ["cuda:0", "cuda:1", "cuda:2", "cuda:3"], mps=False) is None
-    assert sharing_hint(8, ["cuda:0", "cuda:1"], mps=False) is not None
-    assert sharing_hint(8, ["cpu"], mps=False) is None
-    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path))
-    assert not mps_running()
-    (tmp_path / "control").touch()  # the daemon's pipe
-    assert mps_running()
-
-
-def test_a_worker_takes_one_device_from_the_queue(monkeypatch):
-    """init_worker caps the threads and keeps the next device of the queue as this worker's."""
-    import queue
-
-    from dreamfusion.bench import workers
-
-    monkeypatch.setattr(workers, "_device", None)
-    assert workers.worker_device() is None  # the main process has none
-    devices = queue.Queue()
-    for name in ("cpu", "cuda:1"):
-        devices.put(name)
-    before = torch.get_num_threads()
-    try:
-        workers.init_worker(1, devices)
-        assert workers.worker_device() == "cpu" and torch.get_num_threads() == 1
-        assert devices.get_nowait() == "cuda:1"  # one device taken, the next left for the next worker
-    finally:
-        torch.set_num_threads(before)
+    cuda = dataclasses.replace(Config(), train=dataclasses.replace(Config().train, device="cuda"))
+    options = BenchOptions(config=cuda, out=Path("out"), jobs=8)
+    assert share_of(options, gpus_total=1, cpus_total=16) == (0.125, 2.0)
+    assert share_of(options, gpus_total=4, cpus_total=64) == (0.5, 8.0)
+    assert share_of(dataclasses.replace(options, jobs=2), gpus_total=4, cpus_total=64) == (1.0, 32.0)
+    assert share_of(dataclasses.replace(options, gpus_per_run=0.25), 1, 16) == (0.25, 2.0)
+    cpu = BenchOptions(config=Config(), out=Path("out"), jobs=4)
+    assert share_of(cpu, gpus_total=0, cpus_total=2) == (None, 0.5)
+    one = BenchOptions(config=Config(), out=Path("out"))
+    assert share_of(one, 0, 2) == (None, None) and not in_parallel(one)
+    assert in_parallel(dataclasses.replace(one, address="auto")) and in_parallel(cpu)
 
 
 def _green_fails(monkeypatch, error: Exception):

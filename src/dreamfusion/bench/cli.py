@@ -52,7 +52,13 @@ class BenchFidelity:
     keep_checkpoints: bool = False
     """Keep every checkpoint of a scored run (default: only the newest)."""
     jobs: int = 1
-    """Runs trained at once, each in its own process."""
+    """Runs trained at once, sharing the GPUs (or cores) equally, each in its own Ray worker."""
+    address: str | None = None
+    """Join a running Ray cluster: auto or HOST:PORT (default: start one here when runs go in parallel)."""
+    gpus_per_run: float | None = None
+    """GPUs per run; 0.125 puts 8 runs on a GPU (default: from --jobs)."""
+    cpus_per_run: float | None = None
+    """CPU cores per run (default: from --jobs)."""
     quiet: bool = False
     """No progress bars."""
     config: Sections = dataclasses.field(default_factory=Config)
@@ -62,7 +68,9 @@ class BenchFidelity:
         import torch
 
         if "--device" not in argv and not any(a.startswith("--device=") for a in argv):
-            argv = [*argv, "--device", "cuda" if torch.cuda.is_available() else "cpu"]
+            # A cluster joined with --address trains on its GPUs even where this machine has none.
+            cluster = any(a == "--address" or a.startswith("--address=") for a in argv)
+            argv = [*argv, "--device", "cuda" if torch.cuda.is_available() or cluster else "cpu"]
         if "--guidance" not in argv and not any(a.startswith("--guidance=") for a in argv):
             argv = ["--guidance", "bundled", *argv]  # the benchmark's prior, whatever the preset's
         config, rest = config_defaults(argv, "default")
@@ -94,6 +102,9 @@ class BenchFidelity:
             frame_size=self.frame_size,
             keep_checkpoints=self.keep_checkpoints,
             jobs=self.jobs,
+            address=self.address,
+            gpus_per_run=self.gpus_per_run,
+            cpus_per_run=self.cpus_per_run,
         )
         report = run_benchmark(options, log=lambda line: print(line, flush=True))
         _print_targets(report, self.out)

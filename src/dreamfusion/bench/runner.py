@@ -17,7 +17,6 @@ whose checkpoints were deleted (results carried to another machine without them)
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -31,8 +30,9 @@ from pathlib import Path
 import torch
 
 from dreamfusion.atomic import atomic_write
+from dreamfusion.batch.pool import open_pool
+from dreamfusion.batch.resources import mps_running, run_resources, sharing_hint
 from dreamfusion.bench.report import build_report, prompt_set_world, write_report
-from dreamfusion.bench.workers import mps_running, run_devices, sharing_hint, worker_device, worker_pool
 from dreamfusion.config import Config, to_dict
 from dreamfusion.errors import UserError
 from dreamfusion.training.checkpoint import checkpoint_path, prune_checkpoints
@@ -144,7 +144,12 @@ class BenchOptions:
     mesh: bool = True
     frame_size: int = 96
     jobs: int = 1
-    """Runs trained at once, each in its own process (see run_benchmark)."""
+    """Runs trained at once: shorthand for an equal share of the GPUs (or, on the CPU, of the cores)
+    each (see run_benchmark)."""
+    address: str | None = None
+    """The Ray cluster to join ("auto", "HOST:PORT"); None starts a local one when runs go in parallel."""
+    gpus_per_run: float | None = None
+    cpus_per_run: float | None = None
     keep_checkpoints: bool = False
     """Keep every checkpoint of a scored run; by default only the newest stays (the curve is in
     RUN/SCORE_FILE), as a default-preset run's eleven would take 1.5 GB."""
@@ -176,6 +181,9 @@ class BenchOptions:
             parts.append("--keep-checkpoints")
         if self.jobs > 1:
             parts.append(f"--jobs {self.jobs}")
+        for flag, value in (("--gpus-per-run", self.gpus_per_run), ("--cpus-per-run", self.cpus_per_run)):
+            if value is not None:
+                parts.append(f"{flag} {value:g}")
         return " ".join(parts + list(self.overrides))
 
 
@@ -196,7 +204,8 @@ def check_options(options: BenchOptions) -> tuple[PromptSet, list[BenchRun]]:
     from dreamfusion.config import validate_config
     from dreamfusion.training.lifecycle import resolve_device
 
-    resolve_device(options.config.train.device)
+    if options.address is None:  # a cluster joined may have GPUs where this machine has none
+        resolve_device(options.config.train.device)
     validate_config(options.config)
     prompt_set = load_prompt_set(options.prompt_set)
     return prompt_set, select_runs(prompt_set, options.only, options.seeds, options.limit)
@@ -205,12 +214,13 @@ def check_options(options: BenchOptions) -> tuple[PromptSet, list[BenchRun]]:
 def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> dict:
     """Train (or resume) and score every selected run; write the report after each. Returns it.
 
-    With `options.jobs` > 1, that many runs train at once, each in its own process: a small
+    With `options.jobs` > 1 (or a share per run, or a cluster's address), runs go through the batch
+    pool (dreamfusion.batch: Ray, local or joined) and train at once, each in its own process: a small
     field and prior leave most of a GPU idle, so several runs share it at a higher total rate
-    (six default-preset runs at once on an H100: 53 steps/s against 30 for one). Each run's
-    own seconds then count the sharing; the report says how many ran at once. Runs sharing a GPU
-    go 1.4x faster under NVIDIA MPS (`workers.sharing_hint` says so when it is not up). On a machine
-    with several GPUs, a plain `--device cuda` gives each worker one of them (`workers.worker_pool`).
+    (six default-preset runs at once on an H100: 53 steps/s against 30 for one). Each run's own
+    seconds then count the sharing; the report says how many ran at once. Runs sharing a GPU go
+    1.4x faster under NVIDIA MPS (`sharing_hint` says so when it is not up). A run whose worker dies
+    is run again and resumes from its last checkpoint.
     """
     prompt_set, runs = check_options(options)
     done: dict[int, dict] = {}
@@ -269,7 +279,7 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
             )
         return report
 
-    if options.jobs <= 1:
+    if not in_parallel(options):
         for i, run in enumerate(runs):
             outcome(i, functools.partial(bench_run, run, options))
         return check_failures()
@@ -279,31 +289,50 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
             options.config, train=dataclasses.replace(options.config.train, progress=False)
         ),
     )
-    hint = sharing_hint(options.jobs, run_devices(options.config.train.device), mps_running())
-    if hint:
-        log(hint)
-    with worker_pool(options.jobs, options.config.train.device) as pool:
-        futures = {pool.submit(bench_run_in_worker, run, quiet): i for i, run in enumerate(runs)}
-        try:
-            for future in concurrent.futures.as_completed(futures):
-                outcome(futures[future], future.result)
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+    pool = open_pool(options.address, log=log)
+    try:
+        gpus, cpus = share_of(options, pool.gpus, pool.cpus)
+        resources = run_resources(options.config.train.device, gpus, cpus, pool.gpus, pool.cpus)
+        hint = sharing_hint(resources.gpus, mps_running()) if pool.parallel else None
+        if hint:
+            log(hint)
+        for i, run in enumerate(runs):
+            pool.submit(i, bench_run, run, quiet, resources=resources)
+        while pool.pending():
+            i, record, error = pool.wait()
+            outcome(i, functools.partial(_returned, record, error))
+    except BaseException:
+        pool.cancel()
+        raise
+    finally:
+        pool.close()
     return check_failures()
 
 
-def on_device(options: BenchOptions, device: str) -> BenchOptions:
-    """The options with training and scoring on `device`."""
-    train = dataclasses.replace(options.config.train, device=device)
-    return dataclasses.replace(options, config=dataclasses.replace(options.config, train=train))
+def in_parallel(options: BenchOptions) -> bool:
+    """Whether runs go through the batch pool (Ray): asked for by any of its flags."""
+    shares = (options.address, options.gpus_per_run, options.cpus_per_run)
+    return options.jobs > 1 or any(value is not None for value in shares)
 
 
-def bench_run_in_worker(run: BenchRun, options: BenchOptions) -> dict:
-    """`bench_run` on this worker's device (`workers.worker_pool`)."""
-    device = worker_device()
-    return bench_run(run, options if device is None else on_device(options, device))
+def share_of(
+    options: BenchOptions, gpus_total: float, cpus_total: float
+) -> tuple[float | None, float | None]:
+    """Each run's (GPUs, CPU cores): as given, else for --jobs N an N-th of the GPUs (at most one
+    each) on CUDA and an N-th of the cores; None leaves the batch default."""
+    gpus, cpus = options.gpus_per_run, options.cpus_per_run
+    if options.jobs > 1:
+        if gpus is None and options.config.train.device.startswith("cuda"):
+            gpus = min(1.0, max(gpus_total, 1.0) / options.jobs)
+        if cpus is None:
+            cpus = max(cpus_total, 1.0) / options.jobs
+    return gpus, cpus
+
+
+def _returned(record: dict | None, error: BaseException | None) -> dict:
+    if error is not None:
+        raise error
+    return record
 
 
 def run_config(run: BenchRun, options: BenchOptions) -> Config:
