@@ -320,7 +320,7 @@ def test_generate_flags_skip_the_assets(tmp_path):
 
 def test_textured_export_is_decimated_before_the_unwrap_and_keeps_the_albedo(tmp_path):
     field = GradientSphere(RADIUS, COLOR, BOUND)
-    options = ExportOptions(resolution=64, texture_size=256, max_faces=0, texture_faces=1500)
+    options = ExportOptions(resolution=64, texture_size=256, max_faces=50_000, texture_faces=1500)
     result = export_mesh(field, tmp_path / "ball.glb", options)
     assert result.faces <= 1500 and result.watertight
     mesh = _load_glb(result.path)

@@ -1,6 +1,6 @@
 """Mesh export: density grid -> iso-surface -> cleanup -> UV atlas + baked albedo -> GLB/OBJ/PLY.
 
-field --sample_density--> DensityGrid --auto_level--> Level
+field --sample_density_near_surface--> DensityGrid, Level (auto_level)
       --extract_surface--> mesh --remove_floaters--> --decimate--> --textured--> write_mesh
 """
 
@@ -71,9 +71,9 @@ class ExportOptions:
     max_faces: int = 50_000
     """Decimate to about this many faces (0: keep every marching-cubes face)."""
     texture_faces: int = 20_000
-    """A textured mesh is decimated further to at most this many faces before its UV unwrap,
-    whose time grows faster than the face count (0: no further decimation). Vertex-colored
-    meshes keep `max_faces`."""
+    """A textured mesh gets at most this many faces when `max_faces` asks for more: the UV
+    unwrap's time grows faster than the face count, and a 1024^2 texture carries the detail.
+    0 lifts this cap; so does max_faces = 0 (every face). Vertex-colored meshes keep `max_faces`."""
     keep_fraction: float = 0.05
     """Components with fewer faces than this fraction of the largest are floaters and dropped."""
     chunk_points: int = 1 << 18
@@ -156,11 +156,8 @@ def export_mesh(
 
     # PLY has no standard texture reference, so it always carries vertex colors.
     texturing = options.texture_size > 0 and fmt != "ply"
-    if texturing and options.texture_faces > 0:
-        faces = (
-            options.texture_faces if options.max_faces == 0 else min(options.max_faces, options.texture_faces)
-        )
-        options = dataclasses.replace(options, max_faces=faces)
+    if texturing and 0 < options.texture_faces < options.max_faces:
+        options = dataclasses.replace(options, max_faces=options.texture_faces)
     mesh, level, removed, watertight = build_mesh(field, options)
     if texturing:
         mesh, coverage = textured(field, mesh, options.texture_size)
