@@ -2,12 +2,12 @@
 
 The level rule (documented in docs/export.md): the mesh surface should sit where the renders
 put it, that is where a ray's transmittance falls to 1/2 (optical depth ln 2). Every grid line
-along +-x, +-y, +-z is such a ray of an orthographic view; for each line that becomes at least
-half opaque we read the density at its ln 2 crossing. Lines that meet the surface obliquely
-accumulate ln 2 at a lower density (a longer path through the soft shell), so only crossings
-seen within 30 degrees of head-on (judged by the density gradient) vote; the level is the
-median of their densities. A fixed level (say 10 or 25) is wrong for most fields: too low
-swells a soft field, too high empties a faint one.
+along +-x, +-y, +-z is such a ray of an orthographic view (a few thousand lines per view
+suffice); for each line that becomes at least half opaque we read the density at its ln 2
+crossing. Lines that meet the surface obliquely accumulate ln 2 at a lower density (a longer
+path through the soft shell), so only crossings seen within 30 degrees of head-on (judged by
+the density gradient) vote; the level is the median of their densities. A fixed level (say 10
+or 25) is wrong for most fields: too low swells a soft field, too high empties a faint one.
 """
 
 from __future__ import annotations
@@ -66,20 +66,9 @@ def sample_density(field: Field, resolution: int, chunk_points: int = 1 << 18) -
     """
     if resolution < 2:
         raise ValueError(f"grid resolution must be >= 2, got {resolution}")
-    param = next(iter(field.parameters()), None) if isinstance(field, torch.nn.Module) else None
-    device = param.device if param is not None else torch.device("cpu")
     bound = float(field.bound_radius)
-    axis = torch.linspace(-bound, bound, resolution, device=device)
-    yz = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), dim=-1).reshape(-1, 2)  # (R^2, 2)
-    values = torch.empty(resolution, resolution * resolution, device=device)
-    slabs = max(1, chunk_points // (resolution * resolution))
-    for start in range(0, resolution, slabs):
-        xs = axis[start : start + slabs]  # (s,)
-        points = torch.cat(
-            [xs[:, None, None].expand(-1, yz.shape[0], 1), yz[None].expand(xs.shape[0], -1, -1)], dim=-1
-        ).reshape(-1, 3)
-        values[start : start + xs.shape[0]] = field.density(points).float().reshape(xs.shape[0], -1)
-    return DensityGrid(values.reshape(resolution, resolution, resolution).clamp(min=0.0), bound)
+    axis = torch.linspace(-bound, bound, resolution, device=_device_of(field))
+    return DensityGrid(_axis_density(field, (axis, axis, axis), chunk_points).clamp(min=0.0), bound)
 
 
 def _line_crossings(
