@@ -22,7 +22,7 @@ from dreamfusion.fields.base import Field
 
 LN2 = math.log(2.0)
 HEAD_ON_COS = math.cos(math.radians(30.0))
-VOTE_LINES = 64  # grid lines across each view that vote for the level, at least
+VOTE_LINES = 128  # grid lines across each view that vote for the level, at least (every line up to 128^3)
 BAND_ABOVE, BAND_BELOW = math.e, math.e**2  # factors of the level that bound the refined band
 COARSE_STRIDE = 4  # grid vertices between the first, coarse queries of sample_density_near_surface
 
