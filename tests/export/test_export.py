@@ -316,3 +316,21 @@ def test_generate_flags_skip_the_assets(tmp_path):
     )
     assert code == 0
     assert not (tmp_path / "run" / "mesh.glb").exists() and not (tmp_path / "run" / "turntable.mp4").exists()
+
+
+def test_textured_export_is_decimated_before_the_unwrap_and_keeps_the_albedo(tmp_path):
+    field = GradientSphere(RADIUS, COLOR, BOUND)
+    options = ExportOptions(resolution=64, texture_size=256, max_faces=50_000, texture_faces=1500)
+    result = export_mesh(field, tmp_path / "ball.glb", options)
+    assert result.faces <= 1500 and result.watertight
+    mesh = _load_glb(result.path)
+    merged = mesh.copy()
+    merged.merge_vertices(merge_tex=True, merge_norm=True)
+    assert merged.is_watertight and merged.volume == pytest.approx(SPHERE_VOLUME, rel=0.03)
+    points, faces = trimesh.sample.sample_surface(mesh, 3000, seed=0)
+    truth = field(torch.tensor(points @ Z_UP_TO_Y_UP[:3, :3], dtype=torch.float32))[1].numpy()
+    error = np.abs(_sample_texture(mesh, points, faces) - truth).max(axis=1)
+    assert np.median(error) < 0.005 and np.percentile(error, 99) < 0.02
+    # Vertex colors (PLY) keep every face up to max_faces.
+    ply = export_mesh(field, tmp_path / "ball.ply", options)
+    assert ply.faces > 5000

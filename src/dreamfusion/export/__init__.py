@@ -1,11 +1,12 @@
 """Mesh export: density grid -> iso-surface -> cleanup -> UV atlas + baked albedo -> GLB/OBJ/PLY.
 
-field --sample_density--> DensityGrid --auto_level--> Level
+field --sample_density_near_surface--> DensityGrid, Level (auto_level)
       --extract_surface--> mesh --remove_floaters--> --decimate--> --textured--> write_mesh
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,14 @@ import trimesh
 
 from dreamfusion.errors import UserError
 from dreamfusion.export.files import atomic_output, check_output
-from dreamfusion.export.grid import DensityGrid, Level, auto_level, sample_density
+from dreamfusion.export.grid import (
+    COARSE_STRIDE,
+    DensityGrid,
+    Level,
+    auto_level,
+    sample_density,
+    sample_density_near_surface,
+)
 from dreamfusion.export.mesh import decimate, extract_surface, remove_floaters
 from dreamfusion.export.texture import albedo_at, bake_texture, rasterize_uv, textured, unwrap, vertex_colored
 from dreamfusion.export.write import FORMATS, Z_UP_TO_Y_UP, to_y_up, write_mesh
@@ -39,6 +47,7 @@ __all__ = [
     "rasterize_uv",
     "remove_floaters",
     "sample_density",
+    "sample_density_near_surface",
     "to_y_up",
     "unwrap",
     "validate_options",
@@ -61,10 +70,17 @@ class ExportOptions:
     """Width and height of the baked albedo texture; 0 stores per-vertex colors instead."""
     max_faces: int = 50_000
     """Decimate to about this many faces (0: keep every marching-cubes face)."""
+    texture_faces: int = 20_000
+    """A textured mesh gets at most this many faces when `max_faces` asks for more: the UV
+    unwrap's time grows faster than the face count, and a 1024^2 texture carries the detail.
+    0 lifts this cap; so does max_faces = 0 (every face). Vertex-colored meshes keep `max_faces`."""
     keep_fraction: float = 0.05
     """Components with fewer faces than this fraction of the largest are floaters and dropped."""
     chunk_points: int = 1 << 18
     """Field queries per batch (bounds memory)."""
+    coarse_stride: int = COARSE_STRIDE
+    """The field is queried every this many grid vertices, then at every vertex only near the
+    surface (see export/grid.py); 1 queries the whole grid."""
 
 
 @dataclass
@@ -94,6 +110,8 @@ def validate_options(options: ExportOptions) -> None:
         raise UserError(
             f"--texture-size must be 0 (vertex colors) or between {lo} and {hi} (got {options.texture_size})"
         )
+    if options.texture_faces < 0:
+        raise UserError(f"texture_faces must be >= 0 (got {options.texture_faces})")
     if options.max_faces < 0:
         raise UserError(f"--faces must be >= 0 (got {options.max_faces})")
     if options.level is not None and not options.level > 0:
@@ -107,9 +125,10 @@ def build_mesh(field: Field, options: ExportOptions) -> tuple[trimesh.Trimesh, L
 
     Returns (mesh, level, floaters removed, watertight).
     """
-    grid = sample_density(field, options.resolution, options.chunk_points)
     try:
-        level = auto_level(grid) if options.level is None else Level(float(options.level), "manual", 0)
+        grid, level = sample_density_near_surface(
+            field, options.resolution, options.level, options.chunk_points, options.coarse_stride
+        )
         mesh = extract_surface(grid, level.value)
     except ValueError as e:
         raise UserError(f"{e}; try another --level" if options.level is not None else str(e)) from None
@@ -135,9 +154,12 @@ def export_mesh(
     check_output(path, (f".{fmt}",))
     validate_options(options)
 
-    mesh, level, removed, watertight = build_mesh(field, options)
     # PLY has no standard texture reference, so it always carries vertex colors.
-    if options.texture_size > 0 and fmt != "ply":
+    texturing = options.texture_size > 0 and fmt != "ply"
+    if texturing and 0 < options.texture_faces < options.max_faces:
+        options = dataclasses.replace(options, max_faces=options.texture_faces)
+    mesh, level, removed, watertight = build_mesh(field, options)
+    if texturing:
         mesh, coverage = textured(field, mesh, options.texture_size)
         image = mesh.visual.material.baseColorTexture
         texture = (image.width, image.height)

@@ -24,8 +24,12 @@ def _device_of(field: Field) -> torch.device:
 
 
 @torch.no_grad()
-def albedo_at(field: Field, points: np.ndarray, chunk_points: int = 1 << 18) -> np.ndarray:
-    """The field's albedo (N, 3) in [0, 1] at world points (N, 3), queried a chunk at a time."""
+def albedo_at(field: Field, points: np.ndarray | Tensor, chunk_points: int = 1 << 18) -> np.ndarray:
+    """The field's albedo (N, 3) in [0, 1] at world points (N, 3), queried a chunk at a time.
+
+    Points already on the field's device stay there: the texels of a bake go straight from the
+    rasterizer to the field, and only the colors come back.
+    """
     device = _device_of(field)
     flat = torch.as_tensor(points, dtype=torch.float32, device=device)
     parts = [field(chunk)[1].float().clamp(0.0, 1.0) for chunk in flat.split(chunk_points)]
@@ -44,7 +48,11 @@ def unwrap(mesh: trimesh.Trimesh, texture_size: int) -> tuple[np.ndarray, np.nda
     pack.resolution = texture_size
     pack.padding = 2  # texels of gutter between charts
     pack.bilinear = True
-    atlas.generate(pack_options=pack)
+    chart = xatlas.ChartOptions()
+    # Charts grown in one pass, without the iterations that merge and regrow them: on the bumpy
+    # surface of a trained field those iterations cost most of the unwrap and gain little packing.
+    chart.max_iterations = 0
+    atlas.generate(chart_options=chart, pack_options=pack)
     vmapping, faces, uv = atlas[0]
     return vmapping.astype(np.int64), faces.astype(np.int64), uv.astype(np.float32)
 
@@ -113,7 +121,7 @@ def bake_texture(
     covered = face_id >= 0  # (S, S)
     tri = torch.as_tensor(vertices[faces], dtype=torch.float32, device=device)  # (F, 3, 3)
     points = (bary[covered][:, :, None] * tri[face_id[covered]]).sum(1)  # (C, 3)
-    colors = albedo_at(field, points.cpu().numpy())
+    colors = albedo_at(field, points)
     image = np.zeros((size, size, 3), np.float32)
     mask = covered.cpu().numpy()
     image[mask] = colors
