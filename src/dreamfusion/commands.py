@@ -221,7 +221,8 @@ class Export:
     level: str = "auto"
     """Density iso-level: a number, or auto."""
     faces: int = 50000
-    """Decimate to this many faces; 0: keep all."""
+    """Decimate to this many faces; textured GLB/OBJ meshes get at most 20,000 (the unwrap's time grows
+    faster than the faces, and a 1024^2 texture carries the detail); 0: keep all."""
     keep_fraction: float = 0.05
     """Drop parts with fewer faces than this fraction of the largest."""
     device: str = "auto"
