@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import sys
@@ -274,6 +275,9 @@ def _prior(args: argparse.Namespace, extra: list[str]) -> int:
 COMMANDS = {"export": _export, "render": _render, "view": _view, "prior": _prior, "bench": _bench}
 
 
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
@@ -297,6 +301,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        # The disk refused a write (full, read-only, not ours): every file is written atomically, so
+        # what was there before is intact; anything else is a bug and keeps its traceback.
+        if e.errno not in DISK_ERRORS:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: cannot write{where}: {e.strerror}; files written before are intact", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

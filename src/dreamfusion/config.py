@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from dreamfusion.errors import UserError
+from dreamfusion.validation import check_numbers
 
 
 @dataclass
@@ -392,6 +393,7 @@ def from_dict(data: dict[str, Any]) -> Config:
 
 def validate_config(cfg: Config) -> None:
     """Reject settings that cannot run, each with one line saying which and how to fix it."""
+    check_numbers(cfg)  # every field finite and in range (dreamfusion.validation)
     checks = [
         (cfg.train.steps > 0, f"--steps must be positive (got {cfg.train.steps})"),
         (cfg.train.batch_size > 0, f"batch size must be positive (got {cfg.train.batch_size})"),

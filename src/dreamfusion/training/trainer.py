@@ -36,9 +36,9 @@ from dreamfusion.scene.cameras import Cameras, orbit_cameras, sample_cameras, to
 from dreamfusion.scene.prompts import view_index, view_prompts
 from dreamfusion.training.checkpoint import (
     CheckpointError,
+    checkpoint_bytes,
     checkpoint_path,
     flatten_optimizer,
-    load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
     unflatten_optimizer,
@@ -128,7 +128,7 @@ class Trainer:
             )
         except ValueError as e:
             raise UserError(str(e)) from None
-        self.run.prepare(self.prompt, to_dict(cfg), resume, defaults=to_dict(Config()))
+        resume = self.run.prepare(self.prompt, to_dict(cfg), resume, defaults=to_dict(Config()))
 
         with torch.random.fork_rng(devices=[]):  # seed the initialization without touching the caller's RNG
             torch.manual_seed(cfg.train.seed)
@@ -144,6 +144,7 @@ class Trainer:
                 cfg.render.occupancy_decay,
             ).to(self.device)
         self.optimizer = build_optimizer(self.field, self.background, cfg.optim)
+        self.run.check_space(checkpoint_bytes(self.field, self.background, self.occupancy))
         self.cpu_gen = torch.Generator().manual_seed(cfg.train.seed)
         self.device_gen = torch.Generator(self.device).manual_seed(cfg.train.seed + 1)
         self.step = 0
@@ -434,11 +435,8 @@ class Trainer:
         return path
 
     def _resume(self) -> None:
-        path = self.run.latest_checkpoint()
-        if path is None:
-            raise UserError(f"nothing to resume in {self.run.path}: no checkpoint under checkpoints/")
         try:
-            ckpt = load_checkpoint(path)
+            path, ckpt = self.run.resume_checkpoint()  # the newest that verifies
             if ckpt.prompt != self.prompt:
                 raise CheckpointError(
                     f"checkpoint {path} was trained on {ckpt.prompt!r}, not {self.prompt!r}"
