@@ -140,12 +140,14 @@ def test_resume_past_a_damaged_newest_checkpoint(tmp_path, capsys):
 @pytest.mark.parametrize("command", ["export", "render", "view"])
 def test_assets_refuse_a_damaged_checkpoint(tmp_path, capsys, command):
     out = tmp_path / "run"
-    assert main(_generate(out)) == 0
+    assert main(_generate(out, "--train.checkpoint-every", "1")) == 0
     damage(out / "checkpoints" / "step_0000002.safetensors")
     capsys.readouterr()
     before = _tree(out)
     assert main([command, str(out)]) == 2
-    assert "do not match their checksum" in _error_line(capsys)
+    line = _error_line(capsys)
+    assert "do not match their checksum" in line
+    assert f"to use the newest good one, pass {out / 'checkpoints' / 'step_0000001.safetensors'}" in line
     assert _tree(out) == before
 
 
