@@ -28,6 +28,7 @@ in COMMANDS. Commands load lazily: `dreamfusion --help` imports neither torch no
 from __future__ import annotations
 
 import dataclasses
+import errno
 import importlib
 import logging
 import sys
@@ -105,6 +106,9 @@ def run_command(cls: type, argv: list[str], prog: str) -> int:
     return parsed.run(argv, default) or 0
 
 
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -121,6 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        # The disk refused a write (full, read-only, not ours): every file is written atomically, so
+        # what was there before is intact; anything else is a bug and keeps its traceback.
+        if e.errno not in DISK_ERRORS:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: cannot write{where}: {e.strerror}; files written before are intact", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from dreamfusion.scene.cameras import CameraConfig
 from dreamfusion.training.config import TrainConfig
 from dreamfusion.training.optim import OptimConfig
 from dreamfusion.training.regularizers import RegularizerConfig
+from dreamfusion.validation import check_numbers
 
 # The section classes are re-exported: `from dreamfusion.config import SDSConfig` reads as well as
 # importing from the component.
@@ -144,6 +145,7 @@ _OTHER_GUIDANCE_KEYS = {g.name for cls in GUIDANCE_CONFIGS.values() for g in dat
 
 def validate_config(cfg: Config) -> None:
     """Reject settings that cannot run, each with one line saying which and how to fix it."""
+    check_numbers(cfg)  # every field finite and in range (dreamfusion.validation)
     checks = [
         (cfg.train.steps > 0, f"--steps must be positive (got {cfg.train.steps})"),
         (cfg.train.batch_size > 0, f"batch size must be positive (got {cfg.train.batch_size})"),

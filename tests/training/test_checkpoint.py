@@ -95,3 +95,75 @@ def test_prune_keeps_the_newest(tmp_path):
         "step_0000002.safetensors",
         "step_0000003.safetensors",
     ]
+
+
+def damage(path, length: int = 4096) -> None:
+    """Overwrite `length` bytes in the middle of a safetensors file's tensor data (its header intact)."""
+    data = bytearray(path.read_bytes())
+    body = 8 + int.from_bytes(data[:8], "little")
+    start = max(body, len(data) // 2 - length // 2)
+    end = min(len(data), start + length)
+    data[start:end] = bytes(b ^ 0xFF for b in data[start:end])  # every byte changes
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_tensor_bytes_are_caught_by_the_checksum(tmp_path):
+    """safetensors reads flipped tensor bytes back without complaint; the checksum does not."""
+    from safetensors import safe_open
+
+    tensors = {"field.w": torch.randn(64, 64), "field.b": torch.randn(64), "rng.cpu": torch.zeros(8)}
+    path = save_checkpoint(checkpoint_path(tmp_path, 3), 3, "a mug", {}, tensors)
+    load_checkpoint(path)
+    damage(path)
+    with safe_open(str(path), framework="pt") as f:  # the file still parses
+        assert not torch.equal(f.get_tensor("field.w"), tensors["field.w"])
+    with pytest.raises(CheckpointError, match="corrupt: its tensors do not match their checksum"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_without_a_checksum_still_loads(tmp_path):
+    """Checkpoints written before the checksum existed load as they did (unverified)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    path = checkpoint_path(tmp_path, 2)
+    metadata = {"format": "dreamfusion-checkpoint-v1", "step": "2", "prompt": "a mug", "config": "{}"}
+    save_file({"field.w": torch.ones(3)}, str(path), metadata={**metadata, "meta": json.dumps({})})
+    ckpt = load_checkpoint(path)
+    assert ckpt.step == 2 and torch.equal(ckpt.section("field")["w"], torch.ones(3))
+
+
+def test_newest_good_checkpoint_passes_over_damaged_ones(tmp_path):
+    from dreamfusion.training.checkpoint import newest_good_checkpoint
+
+    for step in (1, 2, 3):
+        save_checkpoint(checkpoint_path(tmp_path, step), step, "p", {}, {"a": torch.randn(4096)})
+    damage(checkpoint_path(tmp_path, 3))
+    checkpoint_path(tmp_path, 2).write_bytes(b"cut short")
+    path, ckpt, passed = newest_good_checkpoint(tmp_path)
+    assert path == checkpoint_path(tmp_path, 1) and ckpt.step == 1
+    assert [p.name for p, _ in passed] == ["step_0000003.safetensors", "step_0000002.safetensors"]
+    damage(checkpoint_path(tmp_path, 1))
+    with pytest.raises(CheckpointError, match="step_0000003"):  # none good: the newest one's error
+        newest_good_checkpoint(tmp_path)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    import dreamfusion.training.checkpoint as checkpoint
+    from dreamfusion.errors import UserError
+
+    first = save_checkpoint(checkpoint_path(tmp_path, 1), 1, "p", {}, {"a": torch.ones(4)})
+
+    def full(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", filename)
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    with pytest.raises(UserError, match="the disk is full; the last complete checkpoint is .*step_0000001"):
+        save_checkpoint(checkpoint_path(tmp_path, 2), 2, "p", {}, {"a": torch.zeros(4)})
+    assert list_checkpoints(tmp_path) == [first] and [p.name for p in tmp_path.iterdir()] == [first.name]
+    assert torch.equal(load_checkpoint(first).tensors["a"], torch.ones(4))

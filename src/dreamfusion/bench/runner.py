@@ -32,6 +32,7 @@ import torch
 from dreamfusion.atomic import atomic_write
 from dreamfusion.batch.pool import open_pool
 from dreamfusion.batch.resources import mps_running, run_resources, sharing_hint
+from dreamfusion.bench.names import check_prompt_set, run_folder
 from dreamfusion.bench.report import build_report, prompt_set_world, write_report
 from dreamfusion.config import Config, to_dict
 from dreamfusion.errors import UserError
@@ -92,6 +93,7 @@ def load_prompt_set(name: str = DEFAULT_PROMPT_SET) -> PromptSet:
         result = PromptSet(data["name"], int(data["version"]), tuple(int(s) for s in data["seeds"]), prompts)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"prompt set {path} is unreadable ({e})") from None
+    check_prompt_set(result, path)
     unknown = sorted({p.object for p in prompts} - set(OBJECTS))
     if unknown:
         raise UserError(f"prompt set {path} names unknown objects: {', '.join(unknown)}")
@@ -208,7 +210,10 @@ def check_options(options: BenchOptions) -> tuple[PromptSet, list[BenchRun]]:
         resolve_device(options.config.train.device)
     validate_config(options.config)
     prompt_set = load_prompt_set(options.prompt_set)
-    return prompt_set, select_runs(prompt_set, options.only, options.seeds, options.limit)
+    runs = select_runs(prompt_set, options.only, options.seeds, options.limit)
+    for run in runs:
+        run_folder(options.out, run)
+    return prompt_set, runs
 
 
 def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> dict:
@@ -343,7 +348,7 @@ def run_config(run: BenchRun, options: BenchOptions) -> Config:
 
 def bench_run(run: BenchRun, options: BenchOptions) -> dict:
     """Train what is missing of one run, then score it (or read its score back)."""
-    run_dir = options.out / "runs" / run.name
+    run_dir = run_folder(options.out, run)
     start = time.perf_counter()
     trained = train_run(run, run_config(run, options), run_dir)
     wall = time.perf_counter() - start if trained else None

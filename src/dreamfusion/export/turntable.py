@@ -11,6 +11,7 @@ world while the object turns under it (relighting). DIST defaults to twice the c
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +81,8 @@ def parse_light(text: str) -> Light:
         raise UserError(f"{usage}; got '{text}'") from None
     if len(values) not in ((2,) if frame == "camera" else (2, 3)):
         raise UserError(f"{usage}; got '{text}'")
+    if not all(math.isfinite(v) for v in values):
+        raise UserError(f"--light angles and distance must be finite numbers; got '{text}'")
     if len(values) == 3 and not values[2] > 0:
         raise UserError(f"light distance must be positive; got '{text}'")
     return Light(frame, values[0], values[1], values[2] if len(values) == 3 else None)

@@ -35,6 +35,7 @@ from dreamfusion.prior.text import TextStates
 from dreamfusion.prior.unet import camera_input
 from dreamfusion.render.shading import SHADING_MODES
 from dreamfusion.scene.cameras import Cameras
+from dreamfusion.scene.prompts import ALL_VIEWS
 from dreamfusion.weights import HIGH_NOISE_PRIOR_PATH, PRIOR_PATH
 
 
@@ -111,8 +112,22 @@ class BundledGuidance:
         """Encode the prompts once (unknown words raise ValueError naming the known ones)."""
         if isinstance(prompts, str):
             raise TypeError("embed takes a sequence of prompts, not one string")
+        for prompt in prompts:
+            self._check_readable(prompt)
         with torch.no_grad():
             return BundledEmbeddings(text=self.model.encode([*prompts, ""]))
+
+    def _check_readable(self, prompt: str) -> None:
+        """ValueError for a prompt of which the tokenizer reads no word (emoji, other scripts): it
+        drops what it cannot split into words, so such a prompt would train as if it were empty."""
+        subject = prompt
+        for view in ALL_VIEWS:  # the trainer appends ", <view> view" to the user's text
+            subject = subject.removesuffix(f", {view} view")
+        if subject.strip() and not [w for w in self.model.tokenizer.split(subject) if w != ","]:
+            raise ValueError(
+                f"the prompt {subject!r} holds no word the bundled prior can read (it reads English words "
+                'in letters a-z and digits); give a sentence such as "a red cube"'
+            )
 
     def _autocast(self, device: torch.device):
         if self.autocast_dtype is None or device.type != "cuda":

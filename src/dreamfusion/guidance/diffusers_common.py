@@ -211,6 +211,8 @@ def local_folder(path: Path, kind: ModelKind) -> ModelSource:
     for component in kind.components:
         if not (path / component).is_dir():
             raise UserError(f"'{path}' lists {component} in model_index.json but has no {component}/ folder")
+    for component in kind.components:
+        check_safetensors(path / component)
     stats = [
         f"{f.relative_to(path)}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
         for sub in ("text_encoder", "tokenizer")
@@ -221,6 +223,21 @@ def local_folder(path: Path, kind: ModelKind) -> ModelSource:
         "dir:" + str(path.resolve()) + ":" + hashlib.sha256("|".join(stats).encode()).hexdigest()[:16]
     )
     return ModelSource(str(path), str(path), None, True, fingerprint)
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_safetensors(folder: Path) -> None:
+    """UserError for a component folder whose weights are pickle files only: unpickling runs whatever
+    code the file carries, so weights load from safetensors alone."""
+    names = [f.name for f in folder.iterdir() if f.is_file()]
+    pickled = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+    if pickled and not any(n.endswith(".safetensors") for n in names):
+        raise UserError(
+            f"'{folder}' holds only pickle weights ({pickled[0]}), which can run code when loaded; "
+            "save it with safetensors (save_pretrained(..., safe_serialization=True)) and pass that folder"
+        )
 
 
 def weight_variants(
@@ -261,6 +278,9 @@ def load_component(
     if dtype is not None:
         # transformers >= 4.56 calls it dtype; diffusers (and older transformers) torch_dtype.
         kwargs["dtype" if cls.__module__.startswith("transformers") else "torch_dtype"] = dtype
+    folder = Path(source.location) / subfolder
+    if folder.is_dir() and any(f.suffix == ".safetensors" for f in folder.iterdir()):
+        kwargs["use_safetensors"] = True  # never fall back to a pickle file beside them
     error: Exception | None = None
     for v in weight_variants(source, subfolder, variant, dtype):
         try:

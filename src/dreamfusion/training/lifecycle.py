@@ -29,7 +29,6 @@ from dreamfusion.training.checkpoint import (
     CheckpointError,
     checkpoint_path,
     flatten_optimizer,
-    load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
     unflatten_optimizer,
@@ -114,14 +113,14 @@ def save(
 
 
 def resume(run: RunDir, restore: Callable[[Checkpoint], None], what: str) -> Checkpoint:
-    """Load the run's newest checkpoint and hand it to `restore` (which loads it into the live
+    """Load the run's newest good checkpoint and hand it to `restore` (which loads it into the live
     modules); then drop the metrics logged after it. A checkpoint that is missing, corrupt or does
     not fit (`what`: "this run's model") is one UserError line."""
     path = run.latest_checkpoint()
     if path is None:
         raise UserError(f"nothing to resume in {run.path}: no checkpoint under checkpoints/")
     try:
-        ckpt = load_checkpoint(path)
+        path, ckpt = run.resume_checkpoint()  # the newest that verifies; damaged newer ones are skipped
         restore(ckpt)
     except CheckpointError as e:
         raise UserError(f"cannot resume: {e}") from None

@@ -10,7 +10,7 @@ import torch
 from dreamfusion.config import Config, from_dict
 from dreamfusion.errors import UserError
 from dreamfusion.fields import build_background, build_field
-from dreamfusion.training.checkpoint import CheckpointError, load_checkpoint
+from dreamfusion.training.checkpoint import CheckpointError, load_checkpoint, newest_good_checkpoint
 from dreamfusion.training.run_dir import RunDir
 
 
@@ -58,6 +58,17 @@ def find_checkpoint(run_dir: str | Path) -> Path:
     return latest
 
 
+def _older_good(run_dir: Path, damaged: Path) -> str:
+    """'; ... pass PATH' naming the newest checkpoint of the run that verifies, if any."""
+    if not run_dir.is_dir():
+        return ""
+    try:
+        good, _, _ = newest_good_checkpoint(damaged.parent)
+    except CheckpointError:
+        return ""
+    return f"; to use the newest good one, pass {good}"
+
+
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
     """Rebuild the field and background of a run from its newest checkpoint.
 
@@ -69,7 +80,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
         ckpt = load_checkpoint(path)
         config = from_dict(ckpt.config)
     except CheckpointError as e:
-        raise UserError(str(e)) from None
+        raise UserError(f"{e}{_older_good(Path(run_dir), path)}") from None
     except (ValueError, TypeError) as e:
         raise UserError(f"checkpoint {path} holds a config this version cannot read ({e})") from None
     field = build_field(config.field)

@@ -35,7 +35,7 @@ from dreamfusion.render.volume import composite, normal_latent
 from dreamfusion.scene.cameras import Cameras, orbit_cameras, sample_cameras, to_device
 from dreamfusion.scene.prompts import view_index, view_prompts
 from dreamfusion.training import lifecycle
-from dreamfusion.training.checkpoint import Checkpoint
+from dreamfusion.training.checkpoint import Checkpoint, checkpoint_bytes
 from dreamfusion.training.health import Health
 from dreamfusion.training.objective import interior_term, render_loss, weights_at
 from dreamfusion.training.optim import build_optimizer, lr_factor, set_lr
@@ -84,7 +84,7 @@ class Trainer:
             )
         except ValueError as e:
             raise UserError(str(e)) from None
-        self.run.prepare(self.prompt, to_dict(cfg), resume, defaults=to_dict(Config()))
+        resume = self.run.prepare(self.prompt, to_dict(cfg), resume, defaults=to_dict(Config()))
 
         with torch.random.fork_rng(devices=[]):  # seed the initialization without touching the caller's RNG
             torch.manual_seed(cfg.train.seed)
@@ -100,6 +100,7 @@ class Trainer:
                 cfg.render.occupancy_decay,
             ).to(self.device)
         self.optimizer = build_optimizer(self.field, self.background, cfg.optim)
+        self.run.check_space(checkpoint_bytes(self.field, self.background, self.occupancy))
         self.cpu_gen = torch.Generator().manual_seed(cfg.train.seed)
         self.device_gen = torch.Generator(self.device).manual_seed(cfg.train.seed + 1)
         self.step = 0

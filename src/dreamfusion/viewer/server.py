@@ -10,6 +10,8 @@ placed by two sliders). `generate --view` shows the field as it trains, refreshe
 
 from __future__ import annotations
 
+import ipaddress
+import sys
 import threading
 import time
 from copy import deepcopy
@@ -85,6 +87,22 @@ def _frozen_copy(module):
     return copy
 
 
+def exposure_warning(host: str) -> str | None:
+    """The one-line warning for a viewer reachable from other machines (None on loopback): the page
+    has no login, and whoever reaches the port sees the run and drives its renders."""
+    if host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass  # a host name other than localhost: it may resolve to any interface
+    return (
+        f"warning: the viewer listens on {host}, and it has no authentication: anyone who can reach "
+        "this port sees the run; use --host 127.0.0.1 with ssh -L to keep it private"
+    )
+
+
 class Viewer:
     """A viser server showing `mesh` (+z up, world units) and renders of `field` from each client's camera."""
 
@@ -109,6 +127,9 @@ class Viewer:
         self.field, self.background, self.config = field, background, config
         self.live = live
         self.refresh_seconds = refresh_seconds or (1.0 if live else 0.0)
+        warning = exposure_warning(host)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
         self.server = viser.ViserServer(host=host, port=port, label=title, verbose=False)
         self.server.scene.set_up_direction("+z")
         # Frame the object: its bounding radius fills 85% of the half field of view, seen from
