@@ -143,8 +143,9 @@ _RISING = ("camera.elevation_range", "camera.azimuth_range", "camera.distance_ra
 
 
 def _get(cfg: Any, dotted: str) -> Any:
+    """The field's value; None where the config has no such field (another guidance backend's)."""
     for part in dotted.split("."):
-        cfg = getattr(cfg, part)
+        cfg = getattr(cfg, part, None)
     return cfg
 
 
@@ -152,6 +153,8 @@ def check_ranges(cfg: Any) -> None:
     """UserError naming the first field outside the range the code needs."""
     for name, lo, hi, what in [*INT_RANGES, *FLOAT_RANGES]:
         value = _get(cfg, name)
+        if value is None:
+            continue
         values = value if isinstance(value, (tuple, list)) else (value,)
         for v in values:
             too_low = lo is not None and (v <= lo if name in _STRICT or name.endswith("_range") else v < lo)
