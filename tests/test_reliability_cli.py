@@ -129,7 +129,8 @@ def test_a_disk_error_outside_checkpoints_is_one_line(tmp_path, capsys, monkeypa
 
 def test_resume_past_a_damaged_newest_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(_generate(out, "--train.checkpoint-every", "1")) == 0
+    # keep-checkpoints 0: a finished run keeps its older checkpoints too, so one can be damaged
+    assert main(_generate(out, "--train.checkpoint-every", "1", "--train.keep-checkpoints", "0")) == 0
     damage(out / "checkpoints" / "step_0000002.safetensors")
     capsys.readouterr()
     assert main([*_generate(out, "--resume"), "--steps", "3"]) == 0
@@ -140,7 +141,8 @@ def test_resume_past_a_damaged_newest_checkpoint(tmp_path, capsys):
 @pytest.mark.parametrize("command", ["export", "render", "view"])
 def test_assets_refuse_a_damaged_checkpoint(tmp_path, capsys, command):
     out = tmp_path / "run"
-    assert main(_generate(out, "--train.checkpoint-every", "1")) == 0
+    # keep-checkpoints 0: a finished run keeps its older checkpoints too, so one can be damaged
+    assert main(_generate(out, "--train.checkpoint-every", "1", "--train.keep-checkpoints", "0")) == 0
     damage(out / "checkpoints" / "step_0000002.safetensors")
     capsys.readouterr()
     before = _tree(out)

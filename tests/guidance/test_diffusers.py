@@ -568,7 +568,7 @@ def test_latent_warmup_with_a_pixel_model_is_one_clear_error(tmp_path):
         Trainer("a red car", cfg, tmp_path / "run", pixels)
     assert not (tmp_path / "run").exists()  # nothing written
     bad = dataclasses.replace(cfg, guidance=StableDiffusionConfig(latent_warmup=1.5))
-    with pytest.raises(UserError, match=r"latent_warmup is a fraction of training in \[0, 1\] \(got 1.5\)"):
+    with pytest.raises(UserError, match=r"latent_warmup must lie in \[0, 1\] \(got 1.5\)"):
         validate_config(bad)
 
 

@@ -416,11 +416,10 @@ def test_sds_gradient_is_finite_and_depends_on_the_camera(weights):
 
 def test_generate_two_steps_with_bundled_guidance(weights, tmp_path, tiny):
     import dreamfusion
+    from dreamfusion.config import BundledGuidanceConfig
 
     cfg = tiny(steps=2)
-    cfg = dataclasses.replace(
-        cfg, guidance=dataclasses.replace(cfg.guidance, name="bundled", model=str(weights))
-    )
+    cfg = dataclasses.replace(cfg, guidance=BundledGuidanceConfig(model=str(weights)))
     result = dreamfusion.generate(
         "a red cube", config=cfg, out=tmp_path / "run", progress=False, export_mesh=False, turntable=False
     )

@@ -71,15 +71,20 @@ def decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
 
     An edge collapse now and then pinches two sheets together (a non-manifold edge). When the
     input was watertight and the result is not, the decimation is redone at a gentler
-    aggression, which keeps the surface closed on every field tried.
+    aggression; if that pinches too, the result nearest `max_faces` is kept.
     """
     if max_faces <= 0 or len(mesh.faces) <= max_faces:
         return mesh
-    result = mesh
+    tries = []
     for aggression in (7, 2):
         result = clean(mesh.simplify_quadric_decimation(face_count=max_faces, aggression=aggression))
         if result.is_watertight or not mesh.is_watertight:
             break
+        tries.append(result)
+    else:
+        # Neither kept the surface closed (a trained field's bumpy surface can pinch at any
+        # aggression): the gentle pass stops far above the target, so take the one nearest it.
+        result = min(tries, key=lambda m: abs(len(m.faces) - max_faces))
     if not result.is_winding_consistent:
         result.fix_normals()
     return result
