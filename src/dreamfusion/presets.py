@@ -40,37 +40,14 @@ def default() -> Config:
     cosine to 1e-4, albedo-only for the first 200 steps, the hidden inside of the body filled
     (interior loss, its weight ramped from 1 to 10), and the packaged high-noise expert denoising
     the top 40% of the schedule."""
-    # H100 runs (seed 0) read every 200-250 steps (docs/results/sds_recovery_h100.md): the shape
-    # is found in the first few hundred steps; at a constant 1e-2 a cube then dissolved (support
-    # IoU 0.60 -> 0.37 by step 1500), under the cosine it held (0.62 -> 0.64). CFG 20 over 7.5 at
-    # 1,500 steps: blue cube support IoU 0.67 vs 0.35, orange torus 0.77 vs 0.67, red sphere 0.90
-    # vs 0.91. Empty-space skipping: same IoU as without it in 400-step CPU runs, and once
-    # training has emptied space the field is evaluated at a half to three-quarters of the samples.
-    # The paper's exp density activation and blob (5, 0.2) over softplus (10, 0.5), session 4, same
-    # prior and seed: render-level IoU >= 0.6 in 4 of 6 runs against 2 (spheres 0.63 / 0.69 vs 0.60 /
-    # 0.60, tori 0.78 / 0.73 vs 0.53 / 0.18, cubes 0.24 / 0.42 vs 0.18 / 0.18): the density can rise by
-    # orders of magnitude at the surface, so renders show the body rather than a faint shell
-    # (docs/results/sds_recovery_h100.md, H100).
-    # The interior loss (session 8, H200, seed 0, render-level IoU; docs/results/interior_fill_h200):
-    # cubes rendered as boxes but their hidden inside was a noisy plateau around the level. Off:
-    # blue / yellow cube 0.25 / 0.42, red / green sphere 0.63 / 0.69, orange / purple torus 0.78 / 0.75.
-    # Weight 1: cubes 0.51 / 0.41 (0.40-0.51 over fidelity-v1's three), spheres 0.92-0.93, tori
-    # 0.75-0.77, pyramids 0.36-0.43, cones 0.85-0.90. Weight 10 throughout: cubes
-    # 0.78 / 0.72, but the purple torus stayed a ball (0.10): filled from the start, the blob's core
-    # resisted the carving of the hole. Ramped from 1 to 10 over 1,000 steps: cubes 0.75 / 0.64,
-    # spheres 0.91 / 0.92, tori 0.80 / 0.76.
-    # A fog that fills every view is a state SDS did not leave in any run (a CPU run without the
-    # interior loss stayed fog too, 400 steps). Empty space at density 1 (bias 0, blob 5) starts as
-    # one: seeds 0 and 1 on 4 H100s gave fogs for the snowman (both seeds) and the tree (seed 0).
-    # Biased down by 2 (blob 7, the center still e^5), those came out right, but a red capsule
-    # fogged within its first 30 steps at the full lr of 1e-2 (IoU 0.87 -> 0.06). With the lr also
-    # warmed up over 100 steps, no run fogged: primitives 0.791 against 0.780, shape 41/42 against
-    # 40/42, color 58/58 against 57/58, composites 0.48 against 0.37, largest seed spread 0.13
-    # against 0.57 (docs/results/fidelity_h100x4_bias_warmup/).
-    # The high-noise expert (the prior fine-tuned on azimuth, taking t >= 0.6), same 58 runs:
-    # primitives 0.809 against 0.791, shape 42/42 against 41/42, fronts 6/8 against 4/8, composites
-    # 0.57 against 0.48 (chairs 0.44 against 0.14, houses 0.77 against 0.62); only capsules lost
-    # (0.874 against 0.890) (docs/results/fidelity_h100x4_expert/).
+    # The cosine decay keeps the shape SDS finds in the first few hundred steps, where a constant
+    # lr lets it dissolve; CFG 20 gives firmer shapes than 7.5 at 1,500 steps with the bundled prior.
+    # The exp density lets the surface rise by orders of magnitude, so renders show the body rather
+    # than a faint shell; the bias of -2 (blob raised to keep the center's density) and the lr
+    # warmup keep empty space from starting as, or collapsing into, a fog SDS does not leave.
+    # The interior loss fills the hidden inside of solid bodies; ramping its weight lets a torus
+    # carve its hole before the fill is strong. The high-noise expert sets the azimuth where the
+    # base prior cannot, which helps fronts and composite objects. See docs/evaluation.md.
     return _bundled_world(
         Config(
             field=FieldConfig(density_activation="exp", blob_density=7.0, blob_radius=0.2, density_bias=-2.0),
@@ -140,24 +117,10 @@ def paper() -> Config:
 def cpu() -> Config:
     """A short run that finishes on a laptop CPU: bundled prior with its high-noise expert, small hash
     grid, fewer samples and steps."""
-    # CFG 7.5 beat 20 and 5 in 400-step CPU runs (sphere IoU 0.55 vs 0.50; torus 0.19 vs fog).
-    # 1,200 steps with a cosine lr against 400 at a constant one (2-core CPU, seed 0, render /
-    # support-level IoU; docs/results/fidelity_cpu/experiments_session3.md): red sphere 0.63 / 0.94
-    # vs 0.54 / 0.94; orange torus 0.31 / 0.66, a torus with its hole, vs 0.14 / 0.26, a blob;
-    # blue cube 0.21 / 0.43 vs 0.20 / 0.44 (best near step 100-200 either way); but the red cube of
-    # `dreamfusion generate "a red cube"` 0.28 / 0.57 vs 0.45 / 0.63 in an earlier 400-step run.
-    # Session 4, prior 31510769..., render-level IoU, exp density (blob 5 / 0.2) vs softplus (10 / 0.5):
-    # red sphere 0.79 vs 0.60 (identified sphere vs cube), orange torus 0.72 vs 0.12 (torus vs
-    # sphere), blue cube 0.24 vs 0.21 (docs/results/fidelity_cpu/experiments_session4.md).
-    # Under exp a raw 0 is a density of 1: fog through the whole sphere at the start. Biased down by 2
-    # (blob raised to 7, so the center stays e^5), 600-step runs: blue cube 0.48 vs 0.28, red sphere
-    # 0.73 vs 0.72, orange torus 0.63 vs 0.62 (same file).
-    # The interior loss, ramped from 1 to 10 over 800 steps (session 8, this 2-core CPU, seed 0):
-    # red cube 0.743 (identified cube) against 0.507 at a constant 1 and 0.363 (a house) without;
-    # orange torus 0.791 (docs/results/interior_fill_h200/README.md).
-    # The packaged high-noise expert (session 11, seed 0, without -> with): red cube 0.743 -> 0.812
-    # (opaque 0.761 -> 0.883), orange torus 0.791 -> 0.796; "a red sphere" 0.935, the main job in
-    # 8 min 46 s with mesh and turntable, about 0.03 s more a step (docs/results/cpu_expert/).
+    # CFG 7.5 suits the shorter, lower-resolution run better than 20; the cosine lr over 1,200
+    # steps lets a torus keep its hole. The exp density, its -2 bias, the ramped interior loss and
+    # the high-noise expert are chosen for the same reasons as in `default`, and the expert costs
+    # little a step on a CPU. See docs/evaluation.md.
     return _bundled_world(
         Config(
             field=FieldConfig(

@@ -60,8 +60,8 @@ def mps_running() -> bool:
 
 def sharing_hint(gpus_per_run: float, mps: bool) -> str | None:
     """One line for runs that will share a GPU without MPS, else None. Without MPS, processes on
-    one GPU take turns (time slices); with it, their small kernels run side by side: 11 runs at
-    once on one H100 trained in 60 s each with MPS against 86 s without (docs/evaluation.md)."""
+    one GPU take turns (time slices); with it, their small kernels run side by side, so each run
+    trains faster (docs/evaluation.md)."""
     if mps or not 0 < gpus_per_run < 1:
         return None
     return (

@@ -154,7 +154,7 @@ class BenchOptions:
     cpus_per_run: float | None = None
     keep_checkpoints: bool = False
     """Keep every checkpoint of a scored run; by default only the newest stays (the curve is in
-    RUN/SCORE_FILE), as a default-preset run's eleven would take 1.5 GB."""
+    RUN/SCORE_FILE), as a benchmark's many runs of many checkpoints each would fill a disk."""
 
     def command(self) -> str:
         """The command that reproduces this benchmark, every setting spelled out."""
@@ -222,10 +222,9 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
     With `options.jobs` > 1 (or a share per run, or a cluster's address), runs go through the batch
     pool (dreamfusion.batch: Ray, local or joined) and train at once, each in its own process: a small
     field and prior leave most of a GPU idle, so several runs share it at a higher total rate
-    (six default-preset runs at once on an H100: 53 steps/s against 30 for one). Each run's own
-    seconds then count the sharing; the report says how many ran at once. Runs sharing a GPU go
-    1.4x faster under NVIDIA MPS (`sharing_hint` says so when it is not up). A run whose worker dies
-    is run again and resumes from its last checkpoint.
+    (docs/evaluation.md). Each run's own seconds then count the sharing; the report says how many
+    ran at once. Runs sharing a GPU go faster under NVIDIA MPS (`sharing_hint` says so when it is
+    not up). A run whose worker dies is run again and resumes from its last checkpoint.
     """
     prompt_set, runs = check_options(options)
     done: dict[int, dict] = {}
@@ -270,7 +269,7 @@ def run_benchmark(options: BenchOptions, log: Callable[[str], None] = print) -> 
 
     def check_failures() -> dict:
         if failed:
-            # Too many runs on one GPU at once is the usual cause (58 on 4 H100s ran out; 11 a GPU fit).
+            # Too many runs on one GPU at once is the usual cause of running out of memory.
             memory = (
                 f" ({out_of_memory} ran out of GPU memory: run fewer at once with a smaller --jobs)"
                 if out_of_memory

@@ -3,8 +3,8 @@
     python -m dreamfusion.eval.train_classifier --device cuda --steps 6000 \
         --out src/dreamfusion/eval/classifier.safetensors --report classifier_report.json
 
-On one H100 this takes a few minutes (the renders dominate); the 2-core CPU is far too slow
-for the full run (about 7 renders per second), so use a GPU or shrink --steps for a try.
+The renders dominate the time: a GPU takes minutes, a CPU is far too slow for the full run, so
+use a GPU or shrink --steps for a try.
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ class BundledGuidanceConfig:
     high_noise_model: str | None = None
     """A second prior (.safetensors) that denoises from `high_noise_from` up, the first one below
     (`prior.experts.Experts`), or "bundled" for the one in the package: a fine-tune that learned the
-    azimuth at high noise (docs/results/fidelity_h100x4_expert/). The `cpu` and `default` presets take
+    azimuth at high noise (docs/prior.md). The `cpu` and `default` presets take
     "bundled"; on the command line a prior of your own (`--guidance.model`) drops it unless this flag
     is given too, and None runs the first prior alone."""
     high_noise_from: float = 0.6

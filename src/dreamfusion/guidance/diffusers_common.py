@@ -55,8 +55,8 @@ class DiffusersGuidanceConfig:
     the model runs eagerly, with a warning."""
     channels_last: bool = False
     """Keep the U-Net in channels_last memory format, which recent NVIDIA GPUs run faster in float16. SD's
-    VAE encoder stays channels-first: channels_last made its forward and backward slower on an H100, eager
-    and compiled (benchmarks/guidance_gpu.py)."""
+    VAE encoder stays channels-first: channels_last makes its forward and backward slower, eager and
+    compiled (benchmarks/guidance_gpu.py)."""
     perp_neg: bool = False
     """Perp-Neg (Armandpour et al. 2023): the positive prompt interpolates the view prompts by azimuth and
     the other views' prompts act as perpendicular negatives, against multi-face objects. Costs two more

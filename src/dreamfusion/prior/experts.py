@@ -1,8 +1,8 @@
 """Two priors as experts by noise level (as in eDiff-I): one denoises below a timestep, the other
-from it up. benchmarks/prior_experts.py measures whether a prior fine-tuned at high noise
-(docs/results/azimuth_finetune_h200) keeps the shipped prior's samples when it only takes the
-noisy end. `Experts` has the interface samplers and `BundledGuidance` use: encode, eps,
-alphas_cumprod, cfg, device, image_size.
+from it up, so a prior fine-tuned at high noise (where the azimuth is decided) can take the
+noisy end while the shipped prior keeps the details (benchmarks/prior_experts.py checks that the
+pair keeps the shipped prior's samples). `Experts` has the interface samplers and
+`BundledGuidance` use: encode, eps, alphas_cumprod, cfg, device, image_size.
 """
 
 from __future__ import annotations

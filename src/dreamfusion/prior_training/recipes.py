@@ -1,7 +1,7 @@
 """What a prior training run is: the model's shape plus the training settings, and the two presets.
 
 `bundled` is the recipe of the weights shipped in the package (about 7M parameters, trained on
-one H100 in about 12 minutes); `tiny` is a 16x16 toy for tests and laptops.
+one GPU); `tiny` is a 16x16 toy for tests and laptops.
 """
 
 from __future__ import annotations

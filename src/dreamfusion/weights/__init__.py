@@ -4,7 +4,7 @@ prior.safetensors          the bundled prior (docs/prior.md), float16, at most 1
 prior.safetensors.sha256   its SHA-256, checked every time it is loaded
 prior_high_noise.safetensors (+ .sha256)
                            the high-noise expert: a fine-tune of the prior on t in [0.6, 1) that
-                           learned the azimuth (docs/results/azimuth_finetune_h200/), used with
+                           learned the azimuth (docs/prior.md), used with
                            `--guidance.high-noise-model bundled`
 
 Both are written by `dreamfusion prior train` (RUN/prior.safetensors and its .sha256): copy the

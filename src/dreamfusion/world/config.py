@@ -48,7 +48,7 @@ class WorldConfig:
     """Step of the finite differences that give normals from the SDF."""
     supersample: int = 2
     """Trace at this many times the resolution per axis and box-filter: anti-aliased silhouettes,
-    closer to the soft edges of volume renders (2 costs about 1.8x the time of 1 on a CPU)."""
+    closer to the soft edges of volume renders (each step up multiplies the rays traced)."""
     fused: bool | None = None
     """GPU strategy (True): render a mixed batch in one pass, marching every ray at every step
     with a fixed-shape step that torch.compile fuses on CUDA (few kernel launches, no host
