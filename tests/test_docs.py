@@ -71,3 +71,23 @@ def test_results_folder_holds_summaries_only():
     files = [p for p in RESULTS.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) < 3 * 2**20
     assert all(p.suffix in {".json", ".png"} for p in files)
+
+
+def _batch_figures() -> list[str]:
+    rows = {r["way"]: r for r in _json("batch_h100.json")["rows"]}
+    return [
+        f"{rows['Ray, 1/8 GPU a run, NVIDIA MPS']['runs_per_hour']} runs an hour",
+        f"({rows['one after another']['runs_per_hour']} one at a time)",
+    ]
+
+
+def _asset_figures() -> list[str]:
+    lone = _json("asset_h100.json")["lone_asset"]
+    return [f"{lone['end_to_end_s']:.1f} s", f"{lone['run_folder_bytes'] / 1e6:.0f} MB"]
+
+
+@pytest.mark.parametrize("figures", [_batch_figures, _asset_figures])
+def test_readme_prints_the_throughput_figures(figures):
+    body = (ROOT / "README.md").read_text()
+    for text in figures():
+        assert text in body, f"README.md does not show {text!r}, the figure in docs/results/"
