@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dreamfusion.bench.runner import BenchRun, Prompt, load_prompt_set, select_runs, train_run
+from dreamfusion.bench.runner import BenchRun, Prompt, load_prompt_set, select_runs
+from dreamfusion.bench.runs import train_run
 from dreamfusion.cli import main
 from dreamfusion.errors import UserError
 from dreamfusion.weights import PRIOR_PATH
@@ -239,7 +240,7 @@ def _green_fails(monkeypatch, error: Exception):
     """Make scoring the green run raise `error`; returns the real `score_run` to put back."""
     if not PRIOR_PATH.is_file():
         pytest.skip(f"the bundled prior's weights are not installed ({PRIOR_PATH})")
-    from dreamfusion.bench import runner as bench
+    from dreamfusion.bench import runs as bench
 
     score_run = bench.score_run
 
@@ -263,7 +264,7 @@ def test_runs_out_of_gpu_memory_name_the_cure(tmp_path, capsys, monkeypatch):
 def test_a_run_that_fails_does_not_stop_the_others(tmp_path, capsys, monkeypatch):
     """A run whose scoring raises is reported in one line; the others are scored and reported; the
     command then exits non-zero with one line, and the same command retries only the failed run."""
-    from dreamfusion.bench import runner as bench
+    from dreamfusion.bench import runs as bench
 
     score_run = _green_fails(monkeypatch, RuntimeError("no module named fast_simplification"))
     out = tmp_path / "bench"
