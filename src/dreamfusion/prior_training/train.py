@@ -100,7 +100,7 @@ class StepStats:
     start: float = field(default_factory=time.perf_counter)
 
 
-class PriorTrainer:
+class PriorTrainer(lifecycle.Stoppable):
     """Trains a PriorModel from a recipe into a run folder; `train()` runs until done or out of time."""
 
     def __init__(self, recipe: PriorRecipe, out: Path, resume: bool = False, compile: bool = False) -> None:
@@ -150,15 +150,6 @@ class PriorTrainer:
         self.run.write_config(RUN_PROMPT, recipe_to_dict(recipe))
         self.pool.fill(self.step)
         self.interrupt = lifecycle.Interrupt()
-
-    @property
-    def _stop_requested(self) -> bool:
-        """Whether the loop stops (after saving) at the end of this step; Ctrl-C sets it."""
-        return self.interrupt.requested
-
-    @_stop_requested.setter
-    def _stop_requested(self, value: bool) -> None:
-        self.interrupt.requested = value
 
     # ----------------------------------------------------------------------------------- one step
     def _autocast(self):

@@ -64,6 +64,21 @@ class Interrupt:
         self.requested = True
 
 
+class Stoppable:
+    """A training loop that Ctrl-C (through its `Interrupt`) stops after saving, at the end of a step."""
+
+    interrupt: Interrupt
+
+    @property
+    def _stop_requested(self) -> bool:
+        """Whether the loop stops (after saving) at the end of this step; Ctrl-C sets it."""
+        return self.interrupt.requested
+
+    @_stop_requested.setter
+    def _stop_requested(self, value: bool) -> None:
+        self.interrupt.requested = value
+
+
 @contextlib.contextmanager
 def running(
     run: RunDir, interrupt: Interrupt, total: int, initial: int, progress: bool, desc: str

@@ -51,7 +51,7 @@ def read_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
 
 
-class Trainer:
+class Trainer(lifecycle.Stoppable):
     """Optimizes a field so that its renders score well under a frozen guidance model."""
 
     def __init__(self, prompt: str, cfg: Config, run_dir: Path, guidance: Guidance, resume: bool = False):
@@ -112,15 +112,6 @@ class Trainer:
         if resume:
             self._resume()
         self.run.write_config(self.prompt, to_dict(cfg))  # only once the run is known to be sound
-
-    @property
-    def _stop_requested(self) -> bool:
-        """Whether the loop stops (after saving) at the end of this step; Ctrl-C sets it."""
-        return self.interrupt.requested
-
-    @_stop_requested.setter
-    def _stop_requested(self, value: bool) -> None:
-        self.interrupt.requested = value
 
     # ----------------------------------------------------------------------------------- one step
     def train_step(self) -> dict[str, Any]:
