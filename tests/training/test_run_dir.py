@@ -6,24 +6,12 @@ import json
 import pytest
 import torch
 
-from dreamfusion.api import GUIDANCE_BACKENDS
 from dreamfusion.errors import UserError
 from dreamfusion.training.run_dir import RunDir
 from dreamfusion.training.trainer import Trainer
 from tests.conftest import tiny_config
 from tests.training.test_checkpoint import damage
-
-
-def _backend(cfg):
-    return GUIDANCE_BACKENDS[cfg.guidance.name](cfg, torch.device("cpu"))
-
-
-def _state(trainer):
-    out = {f"field.{k}": v for k, v in trainer.field.state_dict().items()}
-    out.update({f"bg.{k}": v for k, v in trainer.background.state_dict().items()})
-    for i, s in trainer.optimizer.state_dict()["state"].items():
-        out.update({f"opt.{i}.{k}": v for k, v in s.items()})
-    return out
+from tests.training.test_trainer import _backend, _state
 
 
 def test_resume_past_a_damaged_checkpoint_equals_uninterrupted_to_the_bit(tmp_path, capsys):
