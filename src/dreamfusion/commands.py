@@ -84,17 +84,6 @@ def own_prior_if_changed(parsed: Config, default: Config, argv: list[str]) -> Co
     return parsed
 
 
-def resolve_auto_device(name: str):
-    """A torch.device; auto: CUDA when this machine has it, else the CPU."""
-    import torch
-
-    from dreamfusion.training.lifecycle import resolve_device
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return resolve_device(name)
-
-
 @dataclass
 class Generate:
     """Turn a sentence into a 3D field. The guidance backend is a subcommand (bundled, stable-diffusion,
@@ -230,6 +219,7 @@ class Export:
 
     def run(self, argv: list[str], default: Export | None) -> int:
         from dreamfusion.export import ExportOptions, export_mesh, validate_options
+        from dreamfusion.training.lifecycle import resolve_device
         from dreamfusion.training.loading import find_checkpoint, load_run
 
         try:
@@ -240,7 +230,7 @@ class Export:
         out = self.out or (find_checkpoint(self.run_path).parent.parent / f"mesh.{fmt}")
         options = ExportOptions(self.resolution, level, self.texture_size, self.faces, self.keep_fraction)
         validate_options(options)  # before the (slower) load
-        run = load_run(self.run_path, resolve_auto_device(self.device))
+        run = load_run(self.run_path, resolve_device(self.device))
         r = export_mesh(run.field, out, options, fmt=fmt)
         texture = f"{r.texture_size[0]}x{r.texture_size[1]} texture" if r.texture_size else "vertex colors"
         print(f"mesh:        {r.path} ({r.faces} faces, {r.vertices} vertices, {texture})")
@@ -286,6 +276,7 @@ class Render:
             validate,
             write_turntable,
         )
+        from dreamfusion.training.lifecycle import resolve_device
         from dreamfusion.training.loading import find_checkpoint, load_run
 
         options = TurntableOptions(
@@ -300,7 +291,7 @@ class Render:
         validate(options)
         video = self.video or (find_checkpoint(self.run_path).parent.parent / f"turntable_{self.mode}.mp4")
         check_output(video, VIDEO_SUFFIXES)
-        run = load_run(self.run_path, resolve_auto_device(self.device))
+        run = load_run(self.run_path, resolve_device(self.device))
         path = write_turntable(run.field, run.background, run.config, video, options)
         print(f"turntable:   {path} ({options.frames} frames, {options.size}x{options.size}, {options.mode})")
         return 0
@@ -326,6 +317,7 @@ class View:
     """cpu, cuda or cuda:N; auto: cuda when there is one, else cpu."""
 
     def run(self, argv: list[str], default: View | None) -> int:
+        from dreamfusion.training.lifecycle import resolve_device
         from dreamfusion.viewer.server import serve_run
 
         serve_run(
@@ -334,7 +326,7 @@ class View:
             port=self.port,
             mesh=self.mesh,
             resolution=self.resolution,
-            device=resolve_auto_device(self.device),
+            device=resolve_device(self.device),
             show=self.show,
         )
         return 0

@@ -37,7 +37,10 @@ from dreamfusion.training.run_dir import RunDir
 
 
 def resolve_device(name: str) -> torch.device:
-    """A torch.device, or a UserError when CUDA is asked for where there is none."""
+    """A torch.device ("auto": CUDA when this machine has it, else the CPU), or a UserError when
+    CUDA is asked for where there is none."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
