@@ -5,10 +5,14 @@ process or through Ray.
     python benchmarks/batch_throughput.py --mode ray --runs 16 --gpus-per-run 0.125
     python benchmarks/batch_throughput.py --mode ray --address auto --runs 64   # a running cluster
     python benchmarks/batch_throughput.py --mode ray --preset smoke --steps 2 --device cpu   # a quick check
+    python benchmarks/batch_throughput.py --mode ray --runs 8 --gpus-per-run 0.125 --assets --tail here
 
 The runs train into a fresh temporary folder (or --work DIR), without mesh and turntable unless
 --assets. Writes JSON (runs/hour, wall seconds, each run's training seconds, Ray's start-up
-seconds, each run's start latency and its time in the task outside training) and prints a table.
+seconds, each run's start latency and its time in the task outside training; with --assets, the
+mesh and turntable seconds and each stage's share of the summed run time) and prints a table.
+--tail says where a run's mesh and turntable are made: in its training task on the GPU ("here"),
+or in a CPU task of their own ("apart", the default when runs use GPUs).
 Start latency counts a run's wait for a free slot; `first_wave_start_s` is that of the runs that
 could start at once, the scheduling overhead proper.
 """
@@ -40,6 +44,8 @@ def main() -> None:
     parser.add_argument("--gpus-per-run", type=float, default=None)
     parser.add_argument("--cpus-per-run", type=float, default=1)
     parser.add_argument("--assets", action="store_true", help="export mesh and turntable too")
+    parser.add_argument("--tail", choices=("auto", "here", "apart"), default="auto",
+                        help="mesh and turntable in the training task or a CPU task of their own")  # fmt: skip
     parser.add_argument("--work", type=Path, default=None, help="run folders (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=None, help="JSON (default benchmarks/results/...)")
     args = parser.parse_args()
@@ -68,6 +74,7 @@ def main() -> None:
             turntable=args.assets,
             parallel=args.mode == "ray",
             progress=True,
+            export_task_on_cpu={"auto": None, "here": False, "apart": True}[args.tail],
         )
         wall = time.perf_counter() - start
     if args.mode == "ray":
@@ -91,11 +98,16 @@ def main() -> None:
         "assets": args.assets,
         "wall_s": round(wall, 2),
         "runs_per_hour": round(3600 * len(records) / wall, 2),
+        "assets_per_hour": round(3600 * sum(bool(r.get("mesh") and r.get("video")) for r in records) / wall, 2)
+        if args.assets
+        else None,
         "ray_startup_s": None if startup is None else round(startup, 2),
         "train_s": [r["train_seconds"] for r in records],
         "start_latency_s": latency,
         "first_wave_start_s": round(statistics.median(sorted(latency)[:at_once]), 3),
         "task_overhead_s": [round(r["task_seconds"] - r["train_seconds"], 3) for r in records],
+        "tail": args.tail,
+        "stages": _stages(records) if args.assets else None,
         "commit": git_commit(),
         "machine": machine_info(),
     }
@@ -110,7 +122,25 @@ def main() -> None:
         f"{statistics.median(result['task_overhead_s']):10.2f} "
         f"{'-' if startup is None else f'{startup:.1f}':>8s}"
     )
+    if result["stages"]:
+        share = result["stages"]["share"]
+        print("share of summed run time: " + ", ".join(f"{k} {v:.0%}" for k, v in share.items()))
     print(f"written: {out}")
+
+
+def _stages(records: list[dict]) -> dict:
+    """Seconds summed over runs for training, mesh and turntable, and each one's share."""
+    totals = {
+        "train": sum(r["train_seconds"] for r in records),
+        "mesh": sum(r.get("mesh_seconds", 0.0) for r in records),
+        "video": sum(r.get("video_seconds", 0.0) for r in records),
+    }
+    whole = sum(totals.values()) or 1.0
+    return {
+        "seconds": {k: round(v, 2) for k, v in totals.items()},
+        "share": {k: round(v / whole, 3) for k, v in totals.items()},
+        "videos": sorted({Path(r["video"]).suffix for r in records if r.get("video")}),
+    }
 
 
 def _at_once(args, total: dict) -> int:

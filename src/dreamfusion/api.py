@@ -68,6 +68,7 @@ class GenerateResult:
     seconds: float
     mesh: Path | None = None  # RUN/mesh.glb unless export_mesh=False or the export failed
     video: Path | None = None  # RUN/turntable.mp4 unless turntable=False or it failed
+    asset_seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # "mesh", "video": wall seconds
 
 
 def auto_preset(device: str | None) -> tuple[str, str]:
@@ -184,6 +185,7 @@ def generate(
         seconds=trainer.elapsed,
         mesh=assets.mesh,
         video=assets.video,
+        asset_seconds=assets.seconds,
     )
 
 

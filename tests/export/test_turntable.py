@@ -142,3 +142,29 @@ def test_render_of_a_folder_without_checkpoint(tmp_path, capsys):
     assert main(["render", str(tmp_path), "--video", str(tmp_path / "t.gif")]) == 2
     assert "no checkpoint in" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def _no_ffmpeg(monkeypatch, tmp_path):
+    """imageio-ffmpeg pointed at an ffmpeg that does not exist, as on a machine without one."""
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(tmp_path / "no-such-ffmpeg"))
+
+
+def test_an_mp4_without_ffmpeg_is_one_line_and_writes_nothing(monkeypatch, tmp_path):
+    _no_ffmpeg(monkeypatch, tmp_path)
+    with pytest.raises(UserError, match="pip install imageio-ffmpeg"):
+        write_video(_frames("color", frames=2, size=16), tmp_path / "t.mp4")
+    assert not (tmp_path / "t.mp4").exists()
+
+
+def test_assets_fall_back_to_a_gif_without_ffmpeg_and_time_each_stage(monkeypatch, tmp_path):
+    from dreamfusion.export.assets import write_assets
+
+    _no_ffmpeg(monkeypatch, tmp_path)
+    field, background = SphereField(RADIUS, COLOR, BOUND), ConstantBackground((1.0, 1.0, 1.0))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    assets = write_assets(run_dir, field, background, tiny_config(steps=2), mesh=True, video=True)
+    assert assets.video == run_dir / "turntable.gif" and assets.mesh == run_dir / "mesh.glb"
+    with Image.open(assets.video) as image:  # a turning sphere: Pillow keeps one frame of them all
+        assert image.format == "GIF" and image.size[0] == image.size[1] > 0
+    assert set(assets.seconds) == {"mesh", "video"} and all(s > 0 for s in assets.seconds.values())

@@ -125,6 +125,7 @@ def _train(job: RunJob) -> dict:
     )
     if job.tail_here:
         record.update(mesh=_relative(result.mesh, job), video=_relative(result.video, job))
+        record.update(_asset_seconds(result.asset_seconds))
     return record
 
 
@@ -148,7 +149,13 @@ def export_task(job: RunJob) -> dict:
         "video": _relative(assets.video, job),
         "export_node": socket.gethostname(),
         "export_seconds": round(time.perf_counter() - start, 3),
+        **_asset_seconds(assets.seconds),
     }
+
+
+def _asset_seconds(seconds: dict[str, float]) -> dict[str, float]:
+    """{"mesh": s, "video": s} -> the manifest's mesh_seconds and video_seconds."""
+    return {f"{name}_seconds": round(value, 3) for name, value in seconds.items()}
 
 
 def step_of(checkpoint: Path) -> int:

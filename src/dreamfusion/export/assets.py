@@ -1,4 +1,5 @@
-"""What `generate` leaves beside the checkpoints: RUN/mesh.glb and RUN/turntable.mp4.
+"""What `generate` leaves beside the checkpoints: RUN/mesh.glb and RUN/turntable.mp4 (.gif where
+no ffmpeg is found).
 
 On CUDA they are full size (256-grid mesh, 50k faces, 1024 texture; 120 frames of 256 px).
 On the CPU, where one field query with normals costs microseconds, they are sized from the
@@ -9,19 +10,21 @@ training resolution R and kept to seconds: a 2R grid (32-128), 10k faces, a 16R 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
 
 from dreamfusion.config import Config
 from dreamfusion.errors import UserError
 from dreamfusion.export import ExportOptions, export_mesh
-from dreamfusion.export.turntable import TurntableOptions, write_turntable
+from dreamfusion.export.turntable import TurntableOptions, mp4_available, write_turntable
 from dreamfusion.fields.base import Background, Field
 
 log = logging.getLogger(__name__)
 
 MESH_NAME = "mesh.glb"
 VIDEO_NAME = "turntable.mp4"
+GIF_NAME = "turntable.gif"  # where no ffmpeg is found: a turntable the user can still open
 
 
 def _clamp(value: int, low: int, high: int) -> int:
@@ -42,6 +45,8 @@ def asset_options(config: Config) -> tuple[ExportOptions, TurntableOptions]:
 class Assets:
     mesh: Path | None
     video: Path | None
+    seconds: dict[str, float] = dataclass_field(default_factory=dict)
+    """Wall seconds of each asset written: "mesh", "video"."""
 
 
 def write_assets(
@@ -60,19 +65,25 @@ def write_assets(
         field.eval()
     try:
         if mesh:
+            start = time.perf_counter()
             try:
                 out.mesh = export_mesh(field, run_dir / MESH_NAME, export_options).path
             except UserError as e:
                 log.warning(
                     "no mesh written: %s (retry with `dreamfusion export %s --level ...`)", e, run_dir
                 )
+            out.seconds["mesh"] = time.perf_counter() - start
         if video:
+            start = time.perf_counter()
+            name = VIDEO_NAME
+            if not mp4_available():
+                name = GIF_NAME
+                log.warning("no ffmpeg found: writing %s instead of %s (pip install imageio-ffmpeg)", name, VIDEO_NAME)
             try:
-                out.video = write_turntable(
-                    field, background, config, run_dir / VIDEO_NAME, turntable_options
-                )
+                out.video = write_turntable(field, background, config, run_dir / name, turntable_options)
             except UserError as e:
                 log.warning("no turntable written: %s", e)
+            out.seconds["video"] = time.perf_counter() - start
     finally:
         if was_training:
             field.train()

@@ -185,6 +185,20 @@ def render_turntable(
     return torch.cat(frames).numpy()
 
 
+def mp4_available() -> bool:
+    """Whether an ffmpeg executable is found (imageio-ffmpeg's, $IMAGEIO_FFMPEG_EXE or the system's)."""
+    import shutil
+
+    try:
+        import imageio_ffmpeg
+
+        exe = imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        return False
+    # $IMAGEIO_FFMPEG_EXE is returned as given, existing or not.
+    return shutil.which(exe) is not None
+
+
 def write_video(frames: np.ndarray, path: Path, fps: int = 30) -> Path:
     """Write (F, H, W, 3) uint8 frames as MP4 (H.264) or looping GIF, atomically."""
     import imageio.v2 as imageio
@@ -192,6 +206,11 @@ def write_video(frames: np.ndarray, path: Path, fps: int = 30) -> Path:
 
     path = check_output(path, VIDEO_SUFFIXES)
     suffix = path.suffix.lower()
+    if suffix == ".mp4" and not mp4_available():
+        raise UserError(
+            f"cannot write {path}: an mp4 needs ffmpeg, which was not found; "
+            "run `pip install imageio-ffmpeg`, or write a .gif"
+        )
     if suffix == ".mp4" and (frames.shape[1] % 2 or frames.shape[2] % 2):
         raise UserError(
             f"an mp4 needs an even --size (got {frames.shape[2]}x{frames.shape[1]}); or write a .gif"
@@ -227,4 +246,9 @@ def write_turntable(
     validate(options)
     if path.suffix.lower() == ".mp4" and options.size % 2:
         raise UserError(f"an mp4 needs an even --size (got {options.size}); or write a .gif")
+    if path.suffix.lower() == ".mp4" and not mp4_available():
+        raise UserError(
+            f"cannot write {path}: an mp4 needs ffmpeg, which was not found; "
+            "run `pip install imageio-ffmpeg`, or write a .gif"
+        )
     return write_video(render_turntable(field, background, config, options), path, options.fps)
