@@ -11,8 +11,8 @@ The runs train into a fresh temporary folder (or --work DIR), without mesh and t
 --assets. Writes JSON (runs/hour, wall seconds, each run's training seconds, Ray's start-up
 seconds, each run's start latency and its time in the task outside training; with --assets, the
 mesh and turntable seconds and each stage's share of the summed run time) and prints a table.
---tail says where a run's mesh and turntable are made: in its training task on the GPU ("here"),
-or in a CPU task of their own ("apart", the default when runs use GPUs).
+--tail says where a run's mesh and turntable are made: in its training task, on its device
+("here", as `batch` does by default), or in a CPU task of their own ("apart", `--export-task`).
 Start latency counts a run's wait for a free slot; `first_wave_start_s` is that of the runs that
 could start at once, the scheduling overhead proper.
 """
@@ -44,8 +44,9 @@ def main() -> None:
     parser.add_argument("--gpus-per-run", type=float, default=None)
     parser.add_argument("--cpus-per-run", type=float, default=1)
     parser.add_argument("--assets", action="store_true", help="export mesh and turntable too")
-    parser.add_argument("--tail", choices=("auto", "here", "apart"), default="auto",
-                        help="mesh and turntable in the training task or a CPU task of their own")  # fmt: skip
+    parser.add_argument(
+        "--tail", choices=("here", "apart"), default="here", help="mesh and turntable: training task or own"
+    )
     parser.add_argument("--work", type=Path, default=None, help="run folders (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=None, help="JSON (default benchmarks/results/...)")
     args = parser.parse_args()
@@ -74,7 +75,7 @@ def main() -> None:
             turntable=args.assets,
             parallel=args.mode == "ray",
             progress=True,
-            export_task_on_cpu={"auto": None, "here": False, "apart": True}[args.tail],
+            export_task_on_cpu=args.tail == "apart",
         )
         wall = time.perf_counter() - start
     if args.mode == "ray":
@@ -98,7 +99,9 @@ def main() -> None:
         "assets": args.assets,
         "wall_s": round(wall, 2),
         "runs_per_hour": round(3600 * len(records) / wall, 2),
-        "assets_per_hour": round(3600 * sum(bool(r.get("mesh") and r.get("video")) for r in records) / wall, 2)
+        "assets_per_hour": round(
+            3600 * sum(bool(r.get("mesh") and r.get("video")) for r in records) / wall, 2
+        )
         if args.assets
         else None,
         "ray_startup_s": None if startup is None else round(startup, 2),

@@ -53,7 +53,7 @@ def test_a_batch_makes_a_run_folder_each_reports_a_failure_and_does_nothing_twic
     # Three runs, one of which the bundled prior cannot read.
     prompts.write_text("# the studio's list\na red cube\n\na blue sphere\na purple teapot\n")
     out = tmp_path / "batch"
-    argv = ["batch", str(prompts), "--out", str(out), *TINY, "--export-task", "yes", "--no-video"]
+    argv = ["batch", str(prompts), "--out", str(out), *TINY, "--export-task", "--no-video"]
     assert main(argv) == 2  # one run failed: the last line says so
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: batch: 2 of 3 runs done") and "1 failed" in err[-1]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import tyro
 
@@ -40,9 +40,10 @@ class Batch:
     """GPUs per run; 0.125 puts 8 runs on a GPU (default: 1 on CUDA)."""
     cpus_per_run: float = 1.0
     """CPU cores per run."""
-    export_task: Literal["auto", "yes", "no"] = "auto"
-    """Mesh and turntable in a task of their own on CPU cores, freeing the GPU for the next run
-    (auto: when runs use GPUs)."""
+    export_task: bool = False
+    """Mesh and turntable in a task of their own on CPU cores, at the sizes of the training device
+    (slow where that is a GPU: the field queries take minutes per asset on a CPU); by default each
+    run makes them in its own task, on its GPU share."""
     max_retries: int = 3
     """Reruns of a run whose worker or node died (each resumes from its last checkpoint)."""
     mesh: bool = True
@@ -74,7 +75,7 @@ class Batch:
             cpus_per_run=self.cpus_per_run,
             export_mesh=self.mesh,
             turntable=self.video,
-            export_task_on_cpu={"auto": None, "yes": True, "no": False}[self.export_task],
+            export_task_on_cpu=self.export_task,
             max_retries=self.max_retries,
             progress=not self.quiet,
             log=lambda line: print(line, flush=True),

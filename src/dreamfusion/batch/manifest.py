@@ -3,9 +3,9 @@
 A run's record: name (its folder under OUT), prompt, seed, status ("pending", "trained" while
 its export waits, "done", or "failed" with a one-line "reason"), node (hostname), steps,
 resumed_from (the step it went on from, when it resumed), train_seconds, queued_seconds (from
-submission to the task's start), task_seconds, figures (the last line
-of its metrics.jsonl), checkpoint, mesh and video (paths relative to OUT), mesh_seconds and
-video_seconds (and export_seconds, node and all, when the export was a task of its own). Runs of earlier batches
+submission to the task's start), task_seconds, figures (the last line of its metrics.jsonl),
+checkpoint, mesh and video (paths relative to OUT), mesh_seconds and video_seconds (and
+export_seconds and export_node when the export was a task of its own). Runs of earlier batches
 into the same folder that this one does not list are kept.
 """
 

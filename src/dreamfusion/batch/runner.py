@@ -1,8 +1,8 @@
 """generate_many: many prompts at many seeds, each an ordinary run folder under OUT.
 
 The driver plans the runs, starts (or joins) the pool, and submits one training task per run
-not finished yet; a run on a GPU hands its mesh and turntable to a task of its own on CPU cores
-(`export_task`), so that the GPU starts its next run at once. OUT/batch.json is rewritten as
+not finished yet; each run makes its mesh and turntable in its own task, on its GPU share (or, when
+asked, in a task of its own on CPU cores: `export_task`). OUT/batch.json is rewritten as
 each run finishes. Ctrl-C cancels the tasks and writes the manifest; the same call again skips
 the finished runs and resumes the others from their newest checkpoints.
 """
@@ -60,7 +60,7 @@ def generate_many(
     cpus_per_run: float | None = 1,
     export_mesh: bool = True,
     turntable: bool = True,
-    export_task_on_cpu: bool | None = None,
+    export_task_on_cpu: bool = False,
     max_retries: int = 3,
     parallel: bool = True,
     progress: bool = True,
@@ -73,8 +73,11 @@ def generate_many(
     (without Ray installed, or with `parallel=False`, the runs go one after another here).
     `config` (else `preset`, `steps`, `guidance`, `device`) plus `overrides` (dotted settings
     such as {"sds.guidance_scale": 20}, as `generate` takes them) is every run's config.
-    `export_task_on_cpu` (default: when runs use GPUs) makes each run's mesh and turntable a task
-    of their own on `cpus_per_run` cores.
+    `export_task_on_cpu` makes each run's mesh and turntable a task of their own on `cpus_per_run`
+    cores, at the sizes of the device the run trained on. Off by default: the mesh's density grid,
+    its texture and the turntable's frames are field queries, minutes per asset on a CPU and
+    seconds on a GPU, while the export's CPU-bound part (the UV unwrap, the video encoding) takes a
+    few seconds, during which runs sharing the GPU go on training.
     Raises UserError on bad input, before anything is written.
     """
     out = Path(out).absolute()
@@ -94,8 +97,7 @@ def generate_many(
             hint = sharing_hint(resources.gpus, mps_running())
             if hint:
                 log(hint)
-        tail_apart = resources.gpus > 0 if export_task_on_cpu is None else export_task_on_cpu
-        tail_apart = tail_apart and (export_mesh or turntable)
+        tail_apart = export_task_on_cpu and (export_mesh or turntable)
         return _run(runs, cfg, out, pool, resources, (export_mesh, turntable, tail_apart), progress, log)
     finally:
         pool.close()

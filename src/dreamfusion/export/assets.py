@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field as dataclass_field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 
 from dreamfusion.config import Config
@@ -78,7 +79,9 @@ def write_assets(
             name = VIDEO_NAME
             if not mp4_available():
                 name = GIF_NAME
-                log.warning("no ffmpeg found: writing %s instead of %s (pip install imageio-ffmpeg)", name, VIDEO_NAME)
+                log.warning(
+                    "no ffmpeg found: writing %s instead of %s (pip install imageio-ffmpeg)", name, VIDEO_NAME
+                )
             try:
                 out.video = write_turntable(field, background, config, run_dir / name, turntable_options)
             except UserError as e:
