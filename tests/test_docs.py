@@ -82,12 +82,36 @@ def _batch_figures() -> list[str]:
 
 
 def _asset_figures() -> list[str]:
-    lone = _json("asset_h100.json")["lone_asset"]
-    return [f"{lone['end_to_end_s']:.1f} s", f"{lone['run_folder_bytes'] / 1e6:.0f} MB"]
+    return [f"{_json('asset_h100.json')['lone_asset']['end_to_end_s']:.1f} s"]
 
 
-@pytest.mark.parametrize("figures", [_batch_figures, _asset_figures])
+def _checkpoint_figures() -> list[str]:
+    sizes = _json("checkpoint_size.json")["sizes"]
+    return [
+        f"{sizes['finished_checkpoint_bytes'] / 1e6:.1f} MB",
+        f"{sizes['finished_checkpoint_float32_bytes'] / 1e6:.1f} MB",
+    ]
+
+
+@pytest.mark.parametrize("figures", [_batch_figures, _asset_figures, _checkpoint_figures])
 def test_readme_prints_the_throughput_figures(figures):
     body = (ROOT / "README.md").read_text()
     for text in figures():
         assert text in body, f"README.md does not show {text!r}, the figure in docs/results/"
+
+
+def test_results_print_the_half_precision_figures():
+    half = _json("checkpoint_size.json")["half_precision"]
+    mesh = half["mesh"]
+    figures = [
+        f"{_json('checkpoint_size.json')['sizes']['finished_checkpoint_bytes'] / 1e6:.1f} MB",
+        f"at most {half['as_stored']['max_pixel_difference']:.1e}",
+        f"{half['as_stored']['mean_pixel_difference']:.1e}",
+        f"up to {half['bfloat16']['max_pixel_difference']:.1e}",
+        f"{mesh['as_stored']['faces']:,} faces against {mesh['float32']['faces']:,}",
+        f"{mesh['as_stored']['level']:.3f} against {mesh['float32']['level']:.3f}",
+        f"IoU of {mesh['occupancy_iou_128']:.5f}",
+    ]
+    body = (ROOT / "docs" / "results.md").read_text()
+    for text in figures:
+        assert text in body, f"docs/results.md does not show {text!r}, the figure in docs/results/"

@@ -1,4 +1,7 @@
-"""Checkpoints: round trip, atomic writes, and clear errors for bad files."""
+"""Checkpoints: round trip, atomic writes, lean (half-precision) checkpoints, and clear errors for
+bad files."""
+
+import json
 
 import pytest
 import torch
@@ -11,9 +14,11 @@ from dreamfusion.training.checkpoint import (
     flatten_optimizer,
     list_checkpoints,
     load_checkpoint,
+    narrow,
     prune_checkpoints,
     save_checkpoint,
     unflatten_optimizer,
+    widen,
 )
 
 
@@ -167,3 +172,100 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeyp
         save_checkpoint(checkpoint_path(tmp_path, 2), 2, "p", {}, {"a": torch.zeros(4)})
     assert list_checkpoints(tmp_path) == [first] and [p.name for p in tmp_path.iterdir()] == [first.name]
     assert torch.equal(load_checkpoint(first).tensors["a"], torch.ones(4))
+
+
+def _stored(path):
+    """The tensors and metadata of a checkpoint as they lie in the file."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+
+def _lean_tensors():
+    gen = torch.Generator().manual_seed(0)
+    return {
+        # A hash table as initialized: partly below float16's smallest normal number, 6.1e-5.
+        "field.table": (torch.rand(1000, 2, generator=gen) - 0.5) * 2e-4,
+        "field.weight": torch.randn(16, 8, generator=gen),
+        # The occupancy grid's densities under the exp activation can pass float16's 65504.
+        "occupancy.density": torch.tensor([0.0, 0.01, 1.5, 7e4, 1e9]),
+        "occupancy.mask": torch.rand(5, 5, 5, generator=gen) > 0.5,  # 125 bits: not whole bytes
+        "rng.cpu": torch.Generator().manual_seed(1).get_state(),
+    }
+
+
+def test_a_lean_checkpoint_stores_half_precision_and_bits_and_reads_back_in_full(tmp_path):
+    tensors = _lean_tensors()
+    path = save_checkpoint(checkpoint_path(tmp_path, 5), 5, "a mug", {}, tensors, lean=True)
+    stored, metadata = _stored(path)
+    assert {k: v.dtype for k, v in stored.items()} == {
+        "field.table": torch.float16,
+        "field.weight": torch.float16,
+        "occupancy.density": torch.bfloat16,
+        "occupancy.mask": torch.uint8,
+        "rng.cpu": torch.uint8,
+    }
+    assert stored["occupancy.mask"].shape == (16,)
+    record = json.loads(metadata["stored_as"])
+    assert record["field.table"] == {"dtype": "float32", "stored": "float16"}
+    assert record["occupancy.mask"] == {"dtype": "bool", "stored": "bits", "shape": [5, 5, 5]}
+    assert "rng.cpu" not in record
+
+    ckpt = load_checkpoint(path)
+    assert ckpt.stored_as == record
+    assert {k: v.dtype for k, v in ckpt.tensors.items()} == {k: v.dtype for k, v in tensors.items()}
+    table = ckpt.tensors["field.table"]
+    assert torch.equal(table, tensors["field.table"].half().float())
+    # Below 6.1e-5 float16 keeps a fixed step of 6e-8, a thousandth of the initial values' scale.
+    assert (table - tensors["field.table"]).abs().max() <= 2**-25
+    density = ckpt.tensors["occupancy.density"]
+    assert torch.isfinite(density).all()
+    assert torch.allclose(density, tensors["occupancy.density"], rtol=2**-8, atol=0)
+    assert torch.equal(ckpt.tensors["occupancy.mask"], tensors["occupancy.mask"])
+    assert torch.equal(ckpt.tensors["rng.cpu"], tensors["rng.cpu"])
+
+
+def test_narrow_then_widen_is_what_loading_a_lean_checkpoint_gives(tmp_path):
+    tensors = _lean_tensors()
+    path = save_checkpoint(checkpoint_path(tmp_path, 1), 1, "p", {}, tensors, lean=True)
+    loaded, expected = load_checkpoint(path).tensors, widen(*narrow(tensors))
+    assert loaded.keys() == expected.keys()
+    assert all(torch.equal(loaded[k], expected[k]) for k in expected)
+
+
+def test_a_lean_checkpoint_is_about_half_a_full_one(tmp_path):
+    tensors = {"field.table": torch.randn(2**16, 2), "field.mlp": torch.randn(64, 64)}
+    full = save_checkpoint(tmp_path / "full.safetensors", 1, "p", {}, tensors)
+    lean = save_checkpoint(tmp_path / "lean.safetensors", 1, "p", {}, tensors, lean=True)
+    assert 0.49 < lean.stat().st_size / full.stat().st_size < 0.51
+
+
+def test_a_damaged_lean_checkpoint_is_caught_by_the_checksum(tmp_path):
+    tensors = {"field.w": torch.randn(64, 64), "occupancy.mask": torch.rand(64, 64) > 0.5}
+    path = save_checkpoint(checkpoint_path(tmp_path, 3), 3, "a mug", {}, tensors, lean=True)
+    load_checkpoint(path)
+    damage(path)
+    with pytest.raises(CheckpointError, match="corrupt: its tensors do not match their checksum"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"field.w": {"dtype": "float32", "stored": "bfloat16"}},  # not the dtype in the file
+        {"field.w": {"dtype": "int7", "stored": "float16"}},
+        {"field.gone": {"dtype": "float32", "stored": "float16"}},
+        {"occupancy.mask": {"dtype": "bool", "stored": "bits", "shape": [9, 9]}},
+        ["field.w"],
+    ],
+)
+def test_a_stored_as_record_that_does_not_fit_its_tensors_is_one_line(tmp_path, record):
+    from safetensors.torch import save_file
+
+    tensors = {"field.w": torch.randn(4, 4), "occupancy.mask": torch.rand(4, 4) > 0.5}
+    path = save_checkpoint(checkpoint_path(tmp_path, 3), 3, "a mug", {}, tensors, lean=True)
+    stored, metadata = _stored(path)
+    save_file(stored, str(path), metadata={**metadata, "stored_as": json.dumps(record)})
+    with pytest.raises(CheckpointError, match="damaged metadata"):
+        load_checkpoint(path)

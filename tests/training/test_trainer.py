@@ -9,7 +9,11 @@ import torch
 
 from dreamfusion.api import GUIDANCE_BACKENDS, generate
 from dreamfusion.guidance.base import SDSOutput
-from dreamfusion.training.checkpoint import load_checkpoint
+from dreamfusion.presets import smoke
+from dreamfusion.render.renderer import render_views
+from dreamfusion.scene.cameras import orbit_cameras
+from dreamfusion.training.checkpoint import load_checkpoint, narrow, save_checkpoint, widen
+from dreamfusion.training.loading import load_run
 from dreamfusion.training.trainer import Trainer, read_metrics
 from tests.conftest import tiny_config
 
@@ -227,8 +231,10 @@ def test_resuming_a_finished_run_does_nothing_or_goes_on_with_a_fresh_optimizer(
     final = done.train()
     again = Trainer("a red sphere", cfg, tmp_path / "run", _backend(cfg), resume=True)
     assert again.step == 3 and again.train() == final
-    for key, value in done.field.state_dict().items():
+    # The final checkpoint holds the weights rounded to half precision; they come back as float32.
+    for key, value in widen(*narrow(done.field.state_dict())).items():
         assert torch.equal(value, again.field.state_dict()[key]), key
+        assert again.field.state_dict()[key].dtype == torch.float32
 
     more = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=5))
     with caplog.at_level(logging.WARNING, logger="dreamfusion"):
@@ -236,3 +242,49 @@ def test_resuming_a_finished_run_does_nothing_or_goes_on_with_a_fresh_optimizer(
     assert caplog.text.count("Adam restarts fresh") == 1
     assert longer.train().name == "step_0000005.safetensors" and longer.step == 5
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_0000005.safetensors"]
+
+
+@pytest.fixture(scope="module")
+def finished_smoke_run(tmp_path_factory):
+    """A finished run of the smoke preset with the occupancy grid on, and its trainer."""
+    cfg = smoke()
+    render_cfg = dataclasses.replace(cfg.render, occupancy_grid=True, occupancy_resolution=16)
+    cfg = dataclasses.replace(
+        cfg, render=render_cfg, train=dataclasses.replace(cfg.train, progress=False, preview_every=0)
+    )
+    trainer = Trainer("a red sphere", cfg, tmp_path_factory.mktemp("smoke") / "run", _backend(cfg))
+    return trainer, trainer.train()
+
+
+def test_a_finished_run_keeps_its_final_checkpoint_in_half_precision(finished_smoke_run, tmp_path):
+    from safetensors import safe_open
+
+    trainer, final = finished_smoke_run
+    with safe_open(str(final), framework="pt") as f:
+        stored = {k: f.get_tensor(k) for k in f.keys()}
+        stored_as = json.loads(f.metadata()["stored_as"])
+    assert all(stored[k].dtype == torch.float16 for k in stored if k.startswith("field."))
+    assert stored["occupancy.density"].dtype in (torch.float16, torch.bfloat16)
+    assert stored_as["occupancy.mask"]["stored"] == "bits" and stored["occupancy.mask"].dtype == torch.uint8
+    assert {k for k in stored_as} == {k for k in stored if not k.startswith("rng.")}
+    assert torch.equal(stored["rng.cpu"], trainer.cpu_gen.get_state())  # exact: a resume replays it
+    # The same tensors in float32, as every checkpoint before the last is written.
+    ckpt = load_checkpoint(final)
+    full = save_checkpoint(tmp_path / "full.safetensors", ckpt.step, ckpt.prompt, ckpt.config, ckpt.tensors)
+    assert 0.45 < final.stat().st_size / full.stat().st_size < 0.55
+
+
+def test_a_finished_run_loads_as_float32_modules_that_render_as_trained(finished_smoke_run):
+    trainer, final = finished_smoke_run
+    run = load_run(final.parent.parent)
+    assert run.checkpoint_path == final
+    assert all(p.dtype == torch.float32 for p in run.field.parameters())
+    cameras = orbit_cameras(4, 24, elevation=15.0, distance=1.3)
+    cfg = trainer.cfg
+    for mode in ("albedo", "lambertian"):
+        trained = render_views(
+            trainer.field.eval(), trainer.background, cameras, mode, cfg.render, cfg.shading
+        )
+        loaded = render_views(run.field, run.background, cameras, mode, cfg.render, cfg.shading)
+        assert (trained.image - loaded.image).abs().max() < 2e-3, mode
+        assert (trained.alpha - loaded.alpha).abs().max() < 2e-3, mode

@@ -5,6 +5,11 @@ the step, the prompt, the resolved config and a SHA-256 of the tensors go in its
 One file means a save is either complete or absent: it is written under a temporary name and
 renamed into place. The checksum catches what renaming cannot: bytes damaged later on the disk or
 in a copy, which safetensors itself reads back without complaint. Loading never unpickles anything.
+
+A lean checkpoint (a finished run's last one) stores its floating-point tensors in half precision
+and its boolean ones as bits; the metadata's `stored_as` names each and its own dtype, and loading
+gives them back in that dtype, so readers see the same tensors as from a full checkpoint. The
+checksum covers the tensors as stored.
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -54,6 +61,8 @@ class Checkpoint:
     config: dict[str, Any]
     tensors: dict[str, torch.Tensor]
     meta: dict[str, Any]
+    stored_as: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """What a lean checkpoint stored in a narrower form (`narrow`); `tensors` holds them widened back."""
 
     def section(self, prefix: str) -> dict[str, torch.Tensor]:
         """Tensors under `prefix.` with the prefix removed (e.g. a module's state dict)."""
@@ -81,6 +90,69 @@ def list_checkpoints(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if _NAME.match(p.name))
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+_FLOATS = {_dtype_name(d): d for d in (torch.float64, torch.float32, torch.float16, torch.bfloat16)}
+
+
+def _half_dtype(t: torch.Tensor) -> torch.dtype:
+    """float16 keeps three more bits of mantissa than bfloat16 but overflows past 65504, which a
+    density reading under the exp activation (the occupancy grid's) can exceed: such a tensor goes
+    to bfloat16, which has float32's range."""
+    finite = t[torch.isfinite(t)]
+    if finite.numel() and finite.abs().max() > torch.finfo(torch.float16).max:
+        return torch.bfloat16
+    return torch.float16
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """bool tensor -> uint8 tensor of its bits, 8 to a byte (the last one zero-padded)."""
+    return torch.from_numpy(np.packbits(mask.detach().cpu().numpy().reshape(-1)))
+
+
+def unpack_bits(packed: torch.Tensor, shape: list[int]) -> torch.Tensor:
+    """The inverse of `pack_bits`, given the mask's shape; ValueError when the sizes disagree."""
+    count = math.prod(shape)
+    if packed.dtype != torch.uint8 or packed.numel() != (count + 7) // 8:
+        raise ValueError(f"{packed.numel()} {packed.dtype} values cannot hold the bits of shape {shape}")
+    return torch.from_numpy(np.unpackbits(packed.numpy(), count=count).astype(bool)).reshape(shape)
+
+
+def narrow(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
+    """Tensors as a lean checkpoint stores them, and the record `widen` reads them back by:
+    floating-point tensors wider than 16 bits in half precision, boolean ones as bits. Integer
+    tensors (random generator states, step counters) stay as they are: they must come back exact."""
+    stored, record = dict(tensors), {}
+    for key, t in tensors.items():
+        if t.is_floating_point() and t.element_size() > 2:
+            half = _half_dtype(t)
+            stored[key] = t.to(half)
+            record[key] = {"dtype": _dtype_name(t.dtype), "stored": _dtype_name(half)}
+        elif t.dtype == torch.bool:
+            stored[key] = pack_bits(t)
+            record[key] = {"dtype": "bool", "stored": "bits", "shape": list(t.shape)}
+    return stored, record
+
+
+def widen(stored: dict[str, torch.Tensor], record: dict[str, dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """The inverse of `narrow`: each recorded tensor back in its own dtype (and shape, for bits).
+    KeyError or ValueError when the record does not fit the tensors."""
+    if not isinstance(record, dict):
+        raise ValueError(f"stored_as is not a mapping: {record!r}")
+    tensors = dict(stored)
+    for key, how in record.items():
+        t = stored[key]
+        if how["stored"] == "bits":
+            tensors[key] = unpack_bits(t, how["shape"])
+        elif _dtype_name(t.dtype) == how["stored"] and how["dtype"] in _FLOATS:
+            tensors[key] = t.to(_FLOATS[how["dtype"]])
+        else:
+            raise ValueError(f"{key} is {_dtype_name(t.dtype)}, recorded as {how}")
+    return tensors
 
 
 def flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -114,9 +186,14 @@ def save_checkpoint(
     config: dict[str, Any],
     tensors: dict[str, torch.Tensor],
     meta: dict[str, Any] | None = None,
+    lean: bool = False,
 ) -> Path:
-    """Write a checkpoint atomically. `tensors` keys are namespaced ('field.', 'optim.', ...)."""
+    """Write a checkpoint atomically. `tensors` keys are namespaced ('field.', 'optim.', ...).
+    `lean`: floating-point tensors in half precision and boolean ones as bits (`narrow`)."""
     body = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    stored_as: dict[str, dict[str, Any]] = {}
+    if lean:
+        body, stored_as = narrow(body)
     metadata = {
         "format": FORMAT,
         "step": str(step),
@@ -125,6 +202,8 @@ def save_checkpoint(
         "meta": json.dumps(meta or {}, sort_keys=True),
         "sha256": tensor_checksum(body),
     }
+    if stored_as:
+        metadata["stored_as"] = json.dumps(stored_as, sort_keys=True)
     try:
         atomic_write(path, lambda tmp: save_file(body, str(tmp), metadata=metadata))
     except OSError as e:
@@ -154,14 +233,16 @@ def load_checkpoint(path: Path) -> Checkpoint:
     elif tensor_checksum(tensors) != expected:
         raise CheckpointError(f"checkpoint {path} is corrupt: its tensors do not match their checksum")
     try:
+        stored_as = json.loads(metadata.get("stored_as", "{}"))
         return Checkpoint(
             step=int(metadata["step"]),
             prompt=metadata["prompt"],
             config=json.loads(metadata["config"]),
-            tensors=tensors,
+            tensors=widen(tensors, stored_as),
             meta=json.loads(metadata.get("meta", "{}")),
+            stored_as=stored_as,
         )
-    except (KeyError, ValueError) as e:
+    except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} has damaged metadata ({e})") from None
 
 

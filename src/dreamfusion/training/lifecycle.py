@@ -117,15 +117,19 @@ def save(
     meta: dict[str, Any],
     keep: int,
     optimizer: torch.optim.Optimizer | None = None,
+    lean: bool = False,
 ) -> Path:
     """Write RUN/checkpoints/step_N with `tensors` (keys namespaced: 'field.', 'rng.', ...) and, when
     given, the optimizer's state (what resuming needs to continue exactly); then keep the newest
-    `keep` checkpoints (keep <= 0: all)."""
+    `keep` checkpoints (keep <= 0: all). `lean` stores the floating-point tensors in half precision
+    (checkpoint.narrow): for a checkpoint that no exact resume will read."""
     if optimizer is not None:
         optim_tensors, optim_rest = flatten_optimizer(optimizer.state_dict())
         tensors = {**tensors, **optim_tensors}
         meta = {**meta, "optim": optim_rest}
-    path = save_checkpoint(checkpoint_path(run.checkpoints, step), step, prompt, config, tensors, meta)
+    path = save_checkpoint(
+        checkpoint_path(run.checkpoints, step), step, prompt, config, tensors, meta, lean=lean
+    )
     prune_checkpoints(run.checkpoints, keep)
     return path
 

@@ -9,7 +9,9 @@ The occupancy grid (empty-space skipping, `render.occupancy_grid`) is saved too;
 from a generator seeded by the step, so the grid on or off leaves every other draw unchanged.
 
 The loss is objective.py's; saving, resuming, Ctrl-C and the progress bar are lifecycle.py's. A
-finished run's last checkpoint holds the weights without Adam's moments (they only serve to go on).
+finished run's last checkpoint holds the weights without Adam's moments (they only serve to go on),
+in half precision (checkpoint.narrow); every checkpoint before it is whole, so an interrupted run
+resumes to the bit.
 """
 
 from __future__ import annotations
@@ -327,8 +329,9 @@ class Trainer(lifecycle.Stoppable):
 
     def save(self, final: bool = False) -> Path:
         """Checkpoint the run. The `final` one holds the weights, the occupancy grid and the generator
-        states but not Adam's moments (twice the weights, needed only to go on), and older
-        checkpoints go (unless train.keep_checkpoints keeps them all)."""
+        states but not Adam's moments (twice the weights, needed only to go on), stores its floats in
+        half precision (renders from them stay within an 8-bit step of the float32 weights':
+        docs/results.md), and older checkpoints go (unless train.keep_checkpoints keeps them all)."""
         tensors = {f"field.{k}": v for k, v in self.field.state_dict().items()}
         tensors.update({f"background.{k}": v for k, v in self.background.state_dict().items()})
         if self.occupancy is not None:
@@ -346,6 +349,7 @@ class Trainer(lifecycle.Stoppable):
             meta,
             keep=min(keep, 1) if final else keep,
             optimizer=None if final else self.optimizer,
+            lean=final,
         )
 
     def _resume(self) -> None:
@@ -357,7 +361,8 @@ class Trainer(lifecycle.Stoppable):
             if self.occupancy is not None and ckpt.section("occupancy"):  # else all occupied until refreshed
                 self.occupancy.load_state_dict(lifecycle.to_device(ckpt.section("occupancy"), self.device))
             if not lifecycle.restore_optimizer(self.optimizer, ckpt) and ckpt.step < self.cfg.train.steps:
-                # A finished run's checkpoint: going on is a new segment of training.
+                # A finished run's checkpoint: going on is a new segment of training, from its
+                # weights as stored (rounded to half precision, read back as float32).
                 log.warning(
                     "the run had finished at step %d and kept no optimizer state: Adam restarts fresh",
                     ckpt.step,
