@@ -1,7 +1,11 @@
 """Seconds per mesh-export stage, and the quality of what comes out, on a trained-looking field.
 
     python benchmarks/export_speed.py --device cpu
+    python benchmarks/export_speed.py --device cpu --before-src ../main/src --rounds 3
     python benchmarks/export_speed.py --device cuda --object duck --resolution 256
+
+The export's settings are those of `dreamfusion export`: its flags' defaults, overridable here by
+the same flags (--resolution, --texture-size, --faces, --level, --keep-fraction).
 
 The field (StandIn) is a world object's density and checkered albedo, roughened at every scale
 by the `default` preset's hash-grid field with random tables, so the export meets what it meets
@@ -15,16 +19,26 @@ own functions), so the same script times any version of the pipeline. Quality:
 - faces, and watertight: of the geometry with UV-seam vertices merged back;
 - texture: mean |texture color - field albedo| over points sampled on the mesh surface, and
   the PSNR of those samples.
-Writes benchmarks/results/export_speed_<device>.json and prints a table.
+Writes benchmarks/results/export_speed_<device>.json (a run is appended) and prints a table.
+
+With --before-src, the export of the package at that source folder ("before") and of this
+checkout ("after") are run alternately, --rounds times each, each in a fresh process; the file
+is replaced by the two records, each holding the median seconds per stage over its rounds (and
+every round's total), so a machine whose load changes meanwhile weighs on both alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import json
 import math
+import os
 import pstats
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +48,7 @@ import torch
 import trimesh
 
 from dreamfusion.bench.provenance import git_commit, machine_info
+from dreamfusion.commands import Export
 from dreamfusion.export import Z_UP_TO_Y_UP, ExportOptions, export_mesh
 from dreamfusion.fields import build_field
 from dreamfusion.presets import default
@@ -77,22 +92,23 @@ class StandIn(torch.nn.Module):
                 table.uniform_(-1.0, 1.0)
         self.bound_radius = self.net.bound_radius
 
-    def _raw(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.net._features(points)
+    def _density(self, points: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         # Scaled so the density noise has a standard deviation of about 1 with these tables.
-        return self.net.density_head(h)[:, 0] * 5000.0, torch.sigmoid(self.net.albedo_head(h))
+        raw = self.net.density_head(h)[:, 0] * 5000.0
+        density = 200.0 * torch.sigmoid(-120.0 * self.obj.sdf(points)) * torch.exp(self.NOISE * raw.tanh())
+        inside = (points * points).sum(-1) <= self.bound_radius**2
+        return torch.where(inside, density, torch.zeros_like(density))
 
     def density(self, points: torch.Tensor) -> torch.Tensor:
-        return self.forward(points)[0]
+        # As a trained field's: the albedo head and colors are not computed for a density query.
+        return self._density(points, self.net._features(points))
 
     def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raw, albedo = self._raw(points)
-        density = 200.0 * torch.sigmoid(-120.0 * self.obj.sdf(points)) * torch.exp(self.NOISE * raw.tanh())
+        h = self.net._features(points)
+        albedo = torch.sigmoid(self.net.albedo_head(h))
         cells = torch.floor(points / CHECKER).long().sum(-1) % 2
         base = self.obj.albedo(points) * (0.55 + 0.45 * cells[:, None].float())
-        inside = (points * points).sum(-1) <= self.bound_radius**2
-        density = torch.where(inside, density, torch.zeros_like(density))
-        return density, (base + self.NOISE * (albedo - 0.5)).clamp(0.0, 1.0)
+        return self._density(points, h), (base + self.NOISE * (albedo - 0.5)).clamp(0.0, 1.0)
 
 
 def inside_by_parity(mesh: trimesh.Trimesh, n: int, bound: float) -> np.ndarray:
@@ -162,9 +178,38 @@ def quality(field, result, n: int, samples: int) -> dict[str, float]:
     return out
 
 
+def export_options(args: argparse.Namespace) -> ExportOptions:
+    """The settings `dreamfusion export` builds from these flags."""
+    command = Export(
+        run_path=Path("."),
+        resolution=args.resolution,
+        texture_size=args.texture_size,
+        level=args.level,
+        faces=args.faces,
+        keep_fraction=args.keep_fraction,
+    )
+    if hasattr(command, "options"):
+        options = command.options()
+    else:  # a version of the command that builds them in run()
+        level = None if args.level == "auto" else float(args.level)
+        options = ExportOptions(
+            resolution=args.resolution,
+            level=level,
+            texture_size=args.texture_size,
+            max_faces=args.faces,
+            keep_fraction=args.keep_fraction,
+        )
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)  # a version without ExportOptions.threads runs with these
+        if hasattr(options, "threads"):
+            options = dataclasses.replace(options, threads=args.threads)
+    return options
+
+
 def run(args: argparse.Namespace) -> dict:
+    load = [round(x, 2) for x in os.getloadavg()]  # other processes' demand on the cores, as it starts
     field = StandIn(args.object).to(args.device).eval()
-    options = ExportOptions(resolution=args.resolution, texture_size=args.texture_size, max_faces=args.faces)
+    options = export_options(args)
     with tempfile.TemporaryDirectory() as tmp:
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
@@ -183,9 +228,11 @@ def run(args: argparse.Namespace) -> dict:
         q = quality(field, result, args.iou_grid, args.samples)
     return {
         "object": args.object,
-        "options": {"resolution": args.resolution, "texture_size": args.texture_size, "faces": args.faces},
+        "options": dataclasses.asdict(options),
         "seconds_total": round(wall, 3),
         "cpu_seconds_total": round(cpu, 3),
+        "threads": getattr(result, "threads", torch.get_num_threads()),
+        "load_average": load,
         "stages": stages,
         "level": result.level.value,
         "texture_coverage": result.texture_coverage,
@@ -193,31 +240,86 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+def compare(args: argparse.Namespace, argv: list[str], out: Path) -> list[dict]:
+    """Before (--before-src) and after (this checkout), alternately, --rounds times each: the median
+    seconds per stage of each."""
+    here = Path(__file__).resolve()
+    sources = {"before": Path(args.before_src).resolve(), "after": here.parent.parent / "src"}
+    passed = []  # this script's flags, less the comparison's own
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in ("--before-src", "--rounds", "--out", "--label"):
+            skip = True
+        elif not token.startswith(("--before-src=", "--rounds=", "--out=", "--label=")):
+            passed.append(token)
+    runs: dict[str, list[dict]] = {"before": [], "after": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(args.rounds):
+            for label, src in sources.items():
+                record = Path(tmp) / f"{label}_{round_}.json"
+                env = {**os.environ, "PYTHONPATH": str(src)}
+                cmd = [sys.executable, str(here), *passed, "--label", label, "--out", str(record)]
+                subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+                runs[label].append(json.loads(record.read_text())[0])
+                print(f"{label:<7}round {round_ + 1}: {runs[label][-1]['seconds_total']:.2f} s", flush=True)
+    records = []
+    for done in runs.values():
+        record = dict(done[0])
+        for key in ("seconds_total", "cpu_seconds_total"):
+            record[key] = round(statistics.median(r[key] for r in done), 3)
+        record["stages"] = {
+            name: round(statistics.median(r["stages"].get(name, 0.0) for r in done), 3)
+            for name in done[0]["stages"]
+        }
+        record["rounds_seconds_total"] = [r["seconds_total"] for r in done]
+        record["rounds_threads"] = [r["threads"] for r in done]
+        records.append(record)
+    out.write_text(json.dumps(records, indent=2) + "\n")
+    return records
+
+
 def main() -> None:
+    defaults = {f.name: f.default for f in dataclasses.fields(Export)}
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--object", default="house", choices=sorted(OBJECTS))
-    parser.add_argument("--resolution", type=int, default=ExportOptions.resolution)
-    parser.add_argument("--texture-size", type=int, default=ExportOptions.texture_size)
-    parser.add_argument("--faces", type=int, default=ExportOptions.max_faces)
+    parser.add_argument("--resolution", type=int, default=defaults["resolution"])
+    parser.add_argument("--texture-size", type=int, default=defaults["texture_size"])
+    parser.add_argument("--faces", type=int, default=defaults["faces"])
+    parser.add_argument("--level", default=defaults["level"])
+    parser.add_argument("--keep-fraction", type=float, default=defaults["keep_fraction"])
+    parser.add_argument("--threads", type=int, default=None, help="ExportOptions.threads (default: its own)")
     parser.add_argument("--iou-grid", type=int, default=64, help="cells per axis of the IoU grid")
     parser.add_argument("--samples", type=int, default=20000, help="surface points for the texture error")
     parser.add_argument("--label", default="", help="stored with the result (e.g. before / after)")
+    parser.add_argument("--before-src", default=None, help="source folder of the version to compare against")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each version with --before-src")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    record = {**run(args), "label": args.label, "commit": git_commit(), "machine": machine_info()}
     out = args.out or Path(__file__).parent / "results" / f"export_speed_{args.device.split(':')[0]}.json"
-    runs = json.loads(out.read_text()) if out.is_file() else []
-    runs.append(record)
-    out.write_text(json.dumps(runs, indent=2) + "\n")
-    print(f"{'stage':<18}{'seconds':>9}")
-    for name, seconds in record["stages"].items():
-        print(f"{name:<18}{seconds:>9.2f}")
-    print(f"{'total (wall)':<18}{record['seconds_total']:>9.2f}")
-    print(f"{'total (cpu)':<18}{record['cpu_seconds_total']:>9.2f}")
-    for key in ("faces", "watertight", "iou", "texture_mae", "texture_psnr", "texture_coverage"):
-        print(f"{key:<18}{record.get(key)!s:>9}")
+    if args.before_src:
+        records = compare(args, sys.argv[1:], out)
+    else:
+        record = {**run(args), "label": args.label, "commit": git_commit(), "machine": machine_info()}
+        runs = json.loads(out.read_text()) if out.is_file() else []
+        runs.append(record)
+        out.write_text(json.dumps(runs, indent=2) + "\n")
+        records = [record]
+    names = [name for name in STAGES if any(name in r["stages"] for r in records)]
+    print(f"{'':<28}" + "".join(f"{r['label'] or 'run':>12}" for r in records))
+    for name in names:
+        print(f"{name:<28}" + "".join(f"{r['stages'].get(name, float('nan')):>12.2f}" for r in records))
+    for key in ("seconds_total", "cpu_seconds_total", "threads", "faces", "watertight", "iou", "level"):
+        print(f"{key:<28}" + "".join(f"{_fmt(r.get(key)):>12}" for r in records))
+    for key in ("texture_mae", "texture_psnr", "texture_coverage"):
+        print(f"{key:<28}" + "".join(f"{_fmt(r.get(key)):>12}" for r in records))
     print(f"wrote {out}")
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,15 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import tyro
 
 from dreamfusion.config import GUIDANCE_CONFIGS, Config, apply_overrides, to_dict
 from dreamfusion.errors import UserError
+
+if TYPE_CHECKING:
+    from dreamfusion.export import ExportOptions
 
 # The Config's sections sit at the top level of a command: `--optim.lr`, not `--config.optim.lr`.
 Sections = Annotated[Config, tyro.conf.arg(name="")]
@@ -217,18 +220,30 @@ class Export:
     device: str = "auto"
     """cpu, cuda or cuda:N; auto: cuda when there is one, else cpu."""
 
-    def run(self, argv: list[str], default: Export | None) -> int:
-        from dreamfusion.export import ExportOptions, export_mesh, validate_options
-        from dreamfusion.training.lifecycle import resolve_device
-        from dreamfusion.training.loading import find_checkpoint, load_run
+    def options(self) -> ExportOptions:
+        """The export settings these flags ask for; UserError for a level neither auto nor a number."""
+        from dreamfusion.export import ExportOptions
 
         try:
             level = None if self.level == "auto" else float(self.level)
         except ValueError:
             raise UserError(f"--level must be 'auto' or a number (got '{self.level}')") from None
+        return ExportOptions(
+            resolution=self.resolution,
+            level=level,
+            texture_size=self.texture_size,
+            max_faces=self.faces,
+            keep_fraction=self.keep_fraction,
+        )
+
+    def run(self, argv: list[str], default: Export | None) -> int:
+        from dreamfusion.export import export_mesh, validate_options
+        from dreamfusion.training.lifecycle import resolve_device
+        from dreamfusion.training.loading import find_checkpoint, load_run
+
+        options = self.options()
         fmt = self.format or (self.out.suffix.lstrip(".") if self.out and self.out.suffix else "glb")
         out = self.out or (find_checkpoint(self.run_path).parent.parent / f"mesh.{fmt}")
-        options = ExportOptions(self.resolution, level, self.texture_size, self.faces, self.keep_fraction)
         validate_options(options)  # before the (slower) load
         run = load_run(self.run_path, resolve_device(self.device))
         r = export_mesh(run.field, out, options, fmt=fmt)

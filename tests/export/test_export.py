@@ -1,6 +1,7 @@
 """Mesh export on analytic fields (no training): geometry, level rule, texture, files, bad input."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from dreamfusion.export import (
     export_mesh,
     rasterize_uv,
     sample_density,
+    unwrap,
 )
 from dreamfusion.fields import SphereField
 from tests.conftest import tiny_config
@@ -174,6 +176,25 @@ def test_uv_rasterizer_covers_a_triangle_exactly():
     torch.testing.assert_close(bary[inside], expected[inside], atol=1e-5, rtol=0)
 
 
+def test_unwrap_in_pieces_keeps_every_face_and_packs_one_texture(monkeypatch):
+    """A mesh charted in slabs: the same triangles in the same order, one atlas whose charts
+    (from different slabs too) do not overlap."""
+    from dreamfusion.export import texture
+
+    monkeypatch.setattr(texture, "UNWRAP_PIECE_FACES", 500)
+    mesh = trimesh.creation.icosphere(subdivisions=4)  # 5120 faces: 10 slabs
+    assert len(texture._unwrap_pieces(mesh)) == 10
+    vmapping, faces, uv = unwrap(mesh, 512)
+    np.testing.assert_array_equal(mesh.vertices[vmapping][faces], mesh.triangles)
+    assert uv.min() >= 0.0 and uv.max() <= 1.0
+    corners = uv[faces]  # (F, 3, 2)
+    (ux, uy), (vx, vy) = (corners[:, 1] - corners[:, 0]).T, (corners[:, 2] - corners[:, 0]).T
+    area = 0.5 * np.abs(ux * vy - uy * vx).sum()
+    face_id, _ = rasterize_uv(torch.tensor(corners), 512)
+    covered = float((face_id >= 0).float().mean())
+    assert covered == pytest.approx(area, rel=0.05)  # overlapping charts would cover less
+
+
 def test_glb_texture_matches_the_albedo_at_the_surface(tmp_path):
     field = GradientSphere(RADIUS, COLOR, BOUND)
     result = export_mesh(
@@ -209,6 +230,47 @@ def test_glb_round_trips_with_y_up_and_front_along_z(tmp_path):
     merged = mesh.copy()
     merged.merge_vertices(merge_tex=True, merge_norm=True)  # UV seams split vertices; geometry is closed
     assert merged.is_watertight and merged.volume > 0
+
+
+def _winding_number(mesh: trimesh.Trimesh, points: np.ndarray, chunk: int = 200) -> np.ndarray:
+    """Generalized winding number of a closed mesh at points (N, 3): 1 inside, 0 outside
+    (the solid angles of its triangles, Van Oosterom and Strackee)."""
+    out = []
+    for p in np.array_split(points, max(1, len(points) // chunk)):
+        a, b, c = (mesh.triangles[None, :, i] - p[:, None] for i in range(3))  # (P, F, 3) each
+        la, lb, lc = (np.linalg.norm(v, axis=-1) for v in (a, b, c))
+        det = np.einsum("pfi,pfi->pf", a, np.cross(b, c))
+        dots = la * lb * lc + (a * b).sum(-1) * lc + (b * c).sum(-1) * la + (c * a).sum(-1) * lb
+        out.append(2.0 * np.arctan2(det, dots).sum(-1) / (4.0 * np.pi))
+    return np.concatenate(out)
+
+
+def test_textured_export_of_an_ellipsoid_keeps_its_inside(tmp_path):
+    """The written mesh (default faces and texture settings, a 64^3 grid): closed, and inside it
+    exactly where the field's density exceeds the level, but for a sliver along the surface."""
+    field = Ellipsoid(0.49, COLOR, BOUND)
+    result = export_mesh(field, tmp_path / "e.glb", ExportOptions(resolution=64, texture_size=256))
+    mesh = _load_glb(result.path)
+    mesh.merge_vertices(merge_tex=True, merge_norm=True)
+    assert result.watertight and mesh.is_watertight
+    mesh.apply_transform(np.linalg.inv(Z_UP_TO_Y_UP))  # back to the world frame
+    points = np.random.default_rng(0).uniform(-1.0, 1.0, (1500, 3)) * np.array(Ellipsoid.AXES) * 1.2
+    inside_mesh = _winding_number(mesh, points) > 0.5
+    inside_field = (field.density(torch.tensor(points, dtype=torch.float32)) > result.level.value).numpy()
+    iou = (inside_mesh & inside_field).sum() / (inside_mesh | inside_field).sum()
+    assert iou > 0.98
+
+
+def test_export_flags_map_to_their_options():
+    from dreamfusion.commands import Export
+
+    assert Export(run_path=Path("run")).options() == ExportOptions()
+    flags = Export(
+        run_path=Path("run"), resolution=64, texture_size=0, level="7.5", faces=900, keep_fraction=0.2
+    )
+    assert flags.options() == ExportOptions(
+        resolution=64, level=7.5, texture_size=0, max_faces=900, keep_fraction=0.2
+    )
 
 
 def test_obj_brings_its_material_and_texture_and_ply_has_vertex_colors(tmp_path):

@@ -336,6 +336,54 @@ def test_levels_gathered_together_equal_levels_one_by_one():
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)  # sums in another order
 
 
+@pytest.mark.parametrize("features", [1, 2, 3])
+def test_no_grad_path_equals_the_autograd_forward(features, monkeypatch):
+    """Without autograd a CPU encoding takes its inference path (a level at a time, corner-major,
+    int32 rows): the autograd path's features to float rounding, on dense and hashed levels,
+    the cube's corners and faces included."""
+    torch.manual_seed(5)
+    encoding = HashEncoding(levels=6, features=features, log2_size=12, base=4, finest=96)
+    assert [is_hashed(r, 4096) for r in encoding.resolutions] == [False] * 3 + [True] * 3
+    with torch.no_grad():
+        for table in encoding.tables:
+            table.normal_()
+    points = torch.rand(3000, 3, generator=torch.Generator().manual_seed(6))
+    points[:8] = torch.tensor([[x, y, z] for x in (0.0, 1.0) for y in (0.0, 1.0) for z in (0.0, 1.0)])
+    points[8:14] = points[8:14].index_fill(1, torch.tensor([0]), 1.0)
+    reference = encoding(points)
+    assert reference.requires_grad  # the autograd path
+    import dreamfusion.fields.hashgrid as hashgrid
+
+    def unused(*args, **kwargs):
+        raise AssertionError("the no-grad path gathers without trilinear_corners")
+
+    monkeypatch.setattr(hashgrid, "trilinear_corners", unused)
+    for context in (torch.no_grad, torch.inference_mode):
+        with context():
+            fast = encoding(points)
+        assert not fast.requires_grad
+        torch.testing.assert_close(fast, reference.detach(), rtol=1e-6, atol=1e-6)
+
+
+def test_hashgrid_field_without_autograd_equals_its_training_forward():
+    """The default preset's field, tables drawn in +-1 (every level matters): density and albedo."""
+    from dreamfusion.presets import default
+
+    torch.manual_seed(7)
+    field = build_field(default().field)
+    with torch.no_grad():
+        for table in field.encoding.tables:
+            table.uniform_(-1.0, 1.0)
+    points = (torch.rand(4000, 3, generator=torch.Generator().manual_seed(8)) * 2 - 1) * field.bound_radius
+    density, albedo = field(points)
+    with torch.no_grad():
+        fast_density, fast_albedo = field(points)
+        only_density = field.density(points)
+    torch.testing.assert_close(fast_density, density.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast_albedo, albedo.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(only_density, fast_density)
+
+
 def test_hash_encoding_on_cuda_equals_cpu():
     """The CUDA layout (all levels in one gather, elementwise mixing) against the CPU one (a level
     at a time, bmm): values, the gradient w.r.t. points and the tables' gradients."""

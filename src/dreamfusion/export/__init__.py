@@ -19,12 +19,14 @@ from dreamfusion.export.grid import (
     COARSE_STRIDE,
     DensityGrid,
     Level,
+    _device_of,
     auto_level,
     sample_density,
     sample_density_near_surface,
 )
 from dreamfusion.export.mesh import decimate, extract_surface, remove_floaters
 from dreamfusion.export.texture import albedo_at, bake_texture, rasterize_uv, textured, unwrap, vertex_colored
+from dreamfusion.export.threads import export_threads
 from dreamfusion.export.write import FORMATS, Z_UP_TO_Y_UP, to_y_up, write_mesh
 from dreamfusion.fields.base import Field
 
@@ -81,6 +83,9 @@ class ExportOptions:
     coarse_stride: int = COARSE_STRIDE
     """The field is queried every this many grid vertices, then at every vertex only near the
     surface (see export/grid.py); 1 queries the whole grid."""
+    threads: int = 0
+    """Torch CPU threads for an export on the CPU; 0: as many as other processes leave cores idle
+    (see export/threads.py)."""
 
 
 @dataclass
@@ -98,6 +103,7 @@ class ExportResult:
     texture_size: tuple[int, int] | None  # (width, height), None with vertex colors
     texture_coverage: float  # share of texels inside a triangle (0 with vertex colors)
     seconds: float
+    threads: int  # torch CPU threads the export ran with
 
 
 def validate_options(options: ExportOptions) -> None:
@@ -118,6 +124,8 @@ def validate_options(options: ExportOptions) -> None:
         raise UserError(f"--level must be a positive density or 'auto' (got {options.level})")
     if not 0.0 <= options.keep_fraction <= 1.0:
         raise UserError(f"--keep-fraction must be in [0, 1] (got {options.keep_fraction})")
+    if options.threads < 0:
+        raise UserError(f"threads must be >= 0 (got {options.threads})")
 
 
 def build_mesh(field: Field, options: ExportOptions) -> tuple[trimesh.Trimesh, Level, int, bool]:
@@ -158,14 +166,15 @@ def export_mesh(
     texturing = options.texture_size > 0 and fmt != "ply"
     if texturing and 0 < options.texture_faces < options.max_faces:
         options = dataclasses.replace(options, max_faces=options.texture_faces)
-    mesh, level, removed, watertight = build_mesh(field, options)
-    if texturing:
-        mesh, coverage = textured(field, mesh, options.texture_size)
-        image = mesh.visual.material.baseColorTexture
-        texture = (image.width, image.height)
-    else:
-        mesh, coverage, texture = vertex_colored(field, mesh), 0.0, None
-    files = write_mesh(mesh, path, fmt)
+    with export_threads(_device_of(field), options.threads) as threads:
+        mesh, level, removed, watertight = build_mesh(field, options)
+        if texturing:
+            mesh, coverage = textured(field, mesh, options.texture_size)
+            image = mesh.visual.material.baseColorTexture
+            texture = (image.width, image.height)
+        else:
+            mesh, coverage, texture = vertex_colored(field, mesh), 0.0, None
+        files = write_mesh(mesh, path, fmt)
     return ExportResult(
         path=path,
         files=files,
@@ -178,4 +187,5 @@ def export_mesh(
         texture_size=texture,
         texture_coverage=coverage,
         seconds=time.perf_counter() - start,
+        threads=threads,
     )

@@ -39,7 +39,8 @@ def extract_surface(grid: DensityGrid, level: float) -> trimesh.Trimesh:
             f"iso-level {level:g} lies outside the density range [{values.min():g}, {values.max():g}]: "
             "the mesh would be empty"
         )
-    padded = np.pad(values, 1, mode="constant", constant_values=0.0)
+    padded = np.zeros(tuple(n + 2 for n in values.shape), values.dtype)
+    padded[1:-1, 1:-1, 1:-1] = values
     # 'ascent' for a density (high inside): faces then wind counter-clockwise seen from outside,
     # so normals point out and the signed volume is positive.
     vertices, faces, _, _ = marching_cubes(padded, level=level, gradient_direction="ascent")

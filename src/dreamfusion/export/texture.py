@@ -17,6 +17,8 @@ from torch import Tensor
 
 from dreamfusion.fields.base import Field
 
+UNWRAP_PIECE_FACES = 2500  # faces xatlas charts at a time (see unwrap)
+
 
 def _device_of(field: Field) -> torch.device:
     param = next(iter(field.parameters()), None) if isinstance(field, torch.nn.Module) else None
@@ -39,11 +41,20 @@ def albedo_at(field: Field, points: np.ndarray | Tensor, chunk_points: int = 1 <
 def unwrap(mesh: trimesh.Trimesh, texture_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """xatlas charts packed for a square texture of `texture_size` texels.
 
-    Returns vmapping (V',) into the input vertices, faces (F, 3) into the new vertices, and uv
-    (V', 2) in [0, 1] (OpenGL convention: v grows upward, as trimesh expects).
+    Returns vmapping (V',) into the input vertices, faces (F, 3) into the new vertices (in the
+    input's face order), and uv (V', 2) in [0, 1] (OpenGL convention: v grows upward, as trimesh
+    expects).
+
+    xatlas's chart computation takes time that grows faster than a mesh's face count, so a mesh
+    of more than UNWRAP_PIECE_FACES faces is cut into slabs of about that many along its longest
+    side, each charted on its own (a chart never crosses a cut); the charts of all slabs are packed
+    into the one texture together.
     """
+    pieces = _unwrap_pieces(mesh)
     atlas = xatlas.Atlas()
-    atlas.add_mesh(mesh.vertices.astype(np.float32), mesh.faces.astype(np.uint32))
+    for chunk in pieces:
+        used, local = np.unique(mesh.faces[chunk], return_inverse=True)
+        atlas.add_mesh(mesh.vertices[used].astype(np.float32), local.reshape(-1, 3).astype(np.uint32))
     pack = xatlas.PackOptions()
     pack.resolution = texture_size
     pack.padding = 2  # texels of gutter between charts
@@ -53,8 +64,26 @@ def unwrap(mesh: trimesh.Trimesh, texture_size: int) -> tuple[np.ndarray, np.nda
     # surface of a trained field those iterations cost most of the unwrap and gain little packing.
     chart.max_iterations = 0
     atlas.generate(chart_options=chart, pack_options=pack)
-    vmapping, faces, uv = atlas[0]
-    return vmapping.astype(np.int64), faces.astype(np.int64), uv.astype(np.float32)
+    vmapping, faces, uv = [], np.empty((len(mesh.faces), 3), np.int64), []
+    start = 0
+    for i, chunk in enumerate(pieces):
+        used = np.unique(mesh.faces[chunk])
+        piece_vmapping, piece_faces, piece_uv = atlas[i]
+        vmapping.append(used[piece_vmapping])
+        faces[chunk] = piece_faces.astype(np.int64) + start
+        uv.append(piece_uv)
+        start += len(piece_vmapping)
+    return np.concatenate(vmapping).astype(np.int64), faces, np.concatenate(uv).astype(np.float32)
+
+
+def _unwrap_pieces(mesh: trimesh.Trimesh) -> list[np.ndarray]:
+    """Face indices (sorted) of the slabs `unwrap` charts one at a time: one slab up to
+    UNWRAP_PIECE_FACES faces, else about that many each, by face center along the longest side."""
+    count = max(1, round(len(mesh.faces) / UNWRAP_PIECE_FACES))
+    if count == 1:
+        return [np.arange(len(mesh.faces))]
+    centers = mesh.triangles_center[:, int(np.argmax(mesh.extents))]
+    return [np.sort(chunk) for chunk in np.array_split(np.argsort(centers, kind="stable"), count)]
 
 
 def rasterize_uv(uv_faces: Tensor, size: int, max_pairs: int = 1 << 22) -> tuple[Tensor, Tensor]:

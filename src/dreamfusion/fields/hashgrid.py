@@ -95,6 +95,41 @@ def trilinear_corners(
     return index.flatten(2), weights
 
 
+def corners_by_corner(unit_points_t: Tensor, resolution: int, table_size: int) -> tuple[Tensor, Tensor]:
+    """One level's table rows and trilinear weights, corner-major: the inference path's layout.
+
+    unit_points_t (3, N) in [0, 1]^3 (coordinates as contiguous rows) -> indices (8, N) int32 and
+    weights (8, N), corner k = 4 dx + 2 dy + dz: the same numbers as `trilinear_corners` gives
+    for this level, laid out so every op runs over contiguous rows of N (on a CPU, tensors with
+    a last dimension of 2 or 8 run far below memory speed). int32 indices halve the traffic of
+    the gather; hashed coordinates are scaled by the primes in int64 (exact, as in
+    `trilinear_corners`) and masked before narrowing, so no int32 product overflows.
+    """
+    n = unit_points_t.shape[1]
+    pos = unit_points_t * float(resolution)
+    lower = pos.floor().clamp_(0, resolution - 1)
+    frac = pos - lower
+    steps = torch.tensor([[0], [1]], device=pos.device)  # (2, 1): the cell's two corners per axis
+    if not is_hashed(resolution, table_size):
+        cell, steps = lower.to(torch.int32), steps.int()
+        stride = resolution + 1
+        ix = cell[0] + steps
+        iy = (cell[1] + steps) * stride
+        iz = (cell[2] + steps) * (stride * stride)
+        index = ((ix[:, None] + iy[None, :]).view(2, 2, 1, n) + iz).view(8, n)
+    else:
+        mask = table_size - 1
+        cell = lower.to(torch.int64)
+        ix, iy, iz = (
+            (((cell[axis] + steps) * prime) & mask).to(torch.int32) for axis, prime in enumerate(HASH_PRIMES)
+        )
+        index = ((ix[:, None] ^ iy[None, :]).view(2, 2, 1, n) ^ iz).view(8, n)
+    fx, fy, fz = frac
+    wx, wy, wz = torch.stack((1.0 - fx, fx)), torch.stack((1.0 - fy, fy)), torch.stack((1.0 - fz, fz))
+    weights = ((wx[:, None] * wy[None, :]).view(2, 2, 1, n) * wz).view(8, n)
+    return index, weights
+
+
 class HashEncoding(nn.Module):
     """(N, 3) points in [0, 1]^3 -> (N, levels * features) concatenated per-level features.
 
@@ -129,6 +164,8 @@ class HashEncoding(nn.Module):
         self.register_buffer("level_offsets", torch.tensor([0, *rows[:-1]]).cumsum(0), persistent=False)
 
     def forward(self, unit_points: Tensor) -> Tensor:
+        if not torch.is_grad_enabled() and unit_points.device.type == "cpu":
+            return self._forward_no_grad(unit_points)
         n = len(unit_points)
         # Levels in groups, each a single gather from its tables end to end: all levels at once
         # on a GPU (where the time goes to launching kernels, not to the arithmetic), one level
@@ -161,6 +198,32 @@ class HashEncoding(nn.Module):
                     mixed = torch.bmm(weights[:, None, :], corners)  # faster than the above on CPU
                 out.append(mixed.view(n, -1))
         return torch.cat(out, dim=-1)  # level-major: level l's F features at l F ...
+
+    def _forward_no_grad(self, unit_points: Tensor) -> Tensor:
+        """`forward` without autograd on a CPU (exports, previews): the same features to float
+        rounding, without the (N, L, 8) intermediates whose short last dimension keeps a CPU's
+        vector units idle.
+
+        A level at a time, corner-major (see `corners_by_corner`): gather the 8 corners' rows,
+        then for each feature weight them and sum over the corners. Training (autograd on) never
+        comes here: its path and its gradients stay as they are.
+        """
+        n = len(unit_points)
+        features = self.tables[0].shape[1]
+        points_t = unit_points.float().t().contiguous()  # (3, N)
+        out = torch.empty(len(self.resolutions) * features, n, device=unit_points.device)
+        for level, resolution in enumerate(self.resolutions):
+            index, weights = corners_by_corner(points_t, resolution, self.table_size)
+            table = self.tables[level].detach().contiguous()
+            if table.dtype == torch.float32 and features % 2 == 0:
+                # Each row read as int64 words, two features a word: fewer, wider loads.
+                rows = table.view(torch.int64).index_select(0, index.view(-1)).view(torch.float32)
+            else:
+                rows = table.index_select(0, index.view(-1))
+            rows = rows.view(8, n, features)
+            for f in range(features):
+                torch.sum(rows[..., f] * weights, 0, out=out[level * features + f])
+        return out.t()  # (N, L F), level-major as `forward`'s
 
 
 class HashGridField(nn.Module):
