@@ -85,6 +85,11 @@ def _asset_figures() -> list[str]:
     return [f"{_json('asset_h100.json')['lone_asset']['end_to_end_s']:.1f} s"]
 
 
+def _export_figures() -> list[str]:
+    export = _json("export_cpu.json")
+    return [f"{export['seconds_total']:.1f} s, mesh IoU {export['iou']:.3f}"]
+
+
 def _checkpoint_figures() -> list[str]:
     sizes = _json("checkpoint_size.json")["sizes"]
     return [
@@ -93,7 +98,7 @@ def _checkpoint_figures() -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("figures", [_batch_figures, _asset_figures, _checkpoint_figures])
+@pytest.mark.parametrize("figures", [_batch_figures, _asset_figures, _export_figures, _checkpoint_figures])
 def test_readme_prints_the_throughput_figures(figures):
     body = (ROOT / "README.md").read_text()
     for text in figures():
@@ -111,6 +116,23 @@ def test_results_print_the_half_precision_figures():
         f"{mesh['as_stored']['faces']:,} faces against {mesh['float32']['faces']:,}",
         f"{mesh['as_stored']['level']:.3f} against {mesh['float32']['level']:.3f}",
         f"IoU of {mesh['occupancy_iou_128']:.5f}",
+    ]
+    body = (ROOT / "docs" / "results.md").read_text()
+    for text in figures:
+        assert text in body, f"docs/results.md does not show {text!r}, the figure in docs/results/"
+
+
+def test_results_print_the_export_figures():
+    export = _json("export_cpu.json")
+    stages = export["stages"]
+    figures = [
+        f"**{export['seconds_total']:.1f} s**",
+        f"{stages['sample_density_near_surface']:.1f} s for the density grid",
+        f"{stages['bake_texture']:.1f} s\nto bake the texture",
+        f"{stages['unwrap']:.1f} s to unwrap",
+        f"{export['faces']:,} faces",
+        f"IoU of {export['iou']:.3f}",
+        f"PSNR of {export['texture_psnr']:.1f} dB",
     ]
     body = (ROOT / "docs" / "results.md").read_text()
     for text in figures:
