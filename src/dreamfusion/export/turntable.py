@@ -199,24 +199,29 @@ def mp4_available() -> bool:
     return shutil.which(exe) is not None
 
 
+def check_video(path: Path, width: int, height: int) -> None:
+    """UserError unless a video of this size can be written to `path` here: an mp4 needs even
+    sides and an ffmpeg; a GIF needs neither."""
+    if path.suffix.lower() != ".mp4":
+        return
+    if width % 2 or height % 2:
+        raise UserError(f"an mp4 needs an even --size (got {width}x{height}); or write a .gif")
+    if not mp4_available():
+        raise UserError(
+            f"cannot write {path}: an mp4 needs ffmpeg, which was not found; "
+            "run `pip install imageio-ffmpeg`, or write a .gif"
+        )
+
+
 def write_video(frames: np.ndarray, path: Path, fps: int = 30) -> Path:
     """Write (F, H, W, 3) uint8 frames as MP4 (H.264) or looping GIF, atomically."""
     import imageio.v2 as imageio
     import imageio.v3 as iio
 
     path = check_output(path, VIDEO_SUFFIXES)
-    suffix = path.suffix.lower()
-    if suffix == ".mp4" and not mp4_available():
-        raise UserError(
-            f"cannot write {path}: an mp4 needs ffmpeg, which was not found; "
-            "run `pip install imageio-ffmpeg`, or write a .gif"
-        )
-    if suffix == ".mp4" and (frames.shape[1] % 2 or frames.shape[2] % 2):
-        raise UserError(
-            f"an mp4 needs an even --size (got {frames.shape[2]}x{frames.shape[1]}); or write a .gif"
-        )
+    check_video(path, frames.shape[2], frames.shape[1])
     with atomic_output(path) as tmp:
-        if suffix == ".mp4":
+        if path.suffix.lower() == ".mp4":
             # macro_block_size=1 keeps the requested size (imageio would otherwise round up to 16).
             writer = imageio.get_writer(
                 tmp,
@@ -244,11 +249,5 @@ def write_turntable(
     """Render a turntable and write it to `path` (.mp4 or .gif). Bad input: UserError before rendering."""
     path = check_output(Path(path), VIDEO_SUFFIXES)
     validate(options)
-    if path.suffix.lower() == ".mp4" and options.size % 2:
-        raise UserError(f"an mp4 needs an even --size (got {options.size}); or write a .gif")
-    if path.suffix.lower() == ".mp4" and not mp4_available():
-        raise UserError(
-            f"cannot write {path}: an mp4 needs ffmpeg, which was not found; "
-            "run `pip install imageio-ffmpeg`, or write a .gif"
-        )
+    check_video(path, options.size, options.size)  # before the (slower) render
     return write_video(render_turntable(field, background, config, options), path, options.fps)
