@@ -187,6 +187,28 @@ def test_experts_route_each_row_to_the_prior_of_its_timestep():
         Experts(low, other, high_from=0.5)
 
 
+def test_experts_run_one_prior_when_every_row_falls_to_it(monkeypatch):
+    """On the CPU a batch whose timesteps all fall on one side of the cut (an SDS step's two rows)
+    runs that expert alone, with the numbers the pair gives."""
+    low, high = random_model(0), random_model(1)
+    experts = Experts(low, high, high_from=0.5)
+    prompts = ["a red cube", ""]
+    z, cam = torch.randn(2, 3, 16, 16), camera_input(orbit_cameras(2, 16))
+    text = experts.encode(prompts)
+
+    def unused(*args, **kwargs):
+        raise AssertionError("the other expert ran")
+
+    for t, used, idle in ((10, low, high), (900, high, low)):
+        steps = torch.tensor([t, t])
+        with torch.no_grad():
+            want = used.eps(z, steps, used.encode(prompts), cam)
+            monkeypatch.setattr(idle, "eps", unused)
+            got = experts.eps(z, steps, text, cam)
+        monkeypatch.undo()
+        assert torch.allclose(got, want, atol=1e-6)
+
+
 def test_forward_shapes_and_eps_from_v():
     model = random_model()
     z, t = torch.randn(3, 3, 16, 16), torch.tensor([0, 500, 999])

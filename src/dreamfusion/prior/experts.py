@@ -49,14 +49,28 @@ class Experts(nn.Module):
     def eps(
         self, z: Tensor, t: Tensor, text: TextStates, camera: Tensor, mode: Tensor | None = None
     ) -> Tensor:
-        """Noise prediction (B, 3, H, W) float32, each row from the expert of its timestep. Both
-        experts see every row and the right one is kept: no host sync, so a CUDA graph can replay it
-        (the priors are small; twice the work of one)."""
+        """Noise prediction (B, 3, H, W) float32, each row from the expert of its timestep. On a GPU
+        both experts see every row and the right one is kept: no host sync, so a CUDA graph can
+        replay it (the priors are small; twice the work of one). Where the timesteps are on the CPU,
+        reading them costs nothing, so a batch whose rows all fall to one expert (an SDS step's
+        conditional and unconditional rows share their t) runs that expert alone: half the work,
+        the same numbers."""
         w = self.width
-        low = self.low.eps(
-            z, t, TextStates(text.tokens[..., :w], text.mask, text.pooled[..., :w]), camera, mode
-        )
-        high = self.high.eps(
-            z, t, TextStates(text.tokens[..., w:], text.mask, text.pooled[..., w:]), camera, mode
-        )
-        return torch.where((t >= self.cut).view(-1, 1, 1, 1), high, low)
+
+        def low() -> Tensor:
+            return self.low.eps(
+                z, t, TextStates(text.tokens[..., :w], text.mask, text.pooled[..., :w]), camera, mode
+            )
+
+        def high() -> Tensor:
+            return self.high.eps(
+                z, t, TextStates(text.tokens[..., w:], text.mask, text.pooled[..., w:]), camera, mode
+            )
+
+        is_high = t >= self.cut  # (B,)
+        if t.device.type == "cpu":
+            if bool(is_high.all()):
+                return high()
+            if not bool(is_high.any()):
+                return low()
+        return torch.where(is_high.view(-1, 1, 1, 1), high(), low())
