@@ -181,7 +181,10 @@ class Trainer(lifecycle.Stoppable):
             terms = render_loss(sds.loss, out, weights)
             loss = terms.total
             with timer("backward"):
-                (loss * share).backward()
+                # Only the parameters' gradients: the sample points are leaves that require grad
+                # (normals are the density's gradient at them), and without `inputs` the backward
+                # would also work out the second derivatives at every point, which nothing reads.
+                (loss * share).backward(inputs=self._params())
             loss_finite = loss_finite & torch.isfinite(loss.detach())
             for key, value in (
                 ("loss", loss),
@@ -216,7 +219,7 @@ class Trainer(lifecycle.Stoppable):
             loss = interior_term(self.field, self.occupancy, self.cfg.regularizers, self.device_gen)
             if loss is None:
                 return torch.zeros((), device=self.device)
-            (weight * loss).backward()
+            (weight * loss).backward(inputs=self._params())
         loss_finite &= torch.isfinite(loss.detach())
         return loss.detach()
 
