@@ -96,18 +96,19 @@ def trilinear_corners(
 
 
 def corners_by_corner(unit_points_t: Tensor, resolution: int, table_size: int) -> tuple[Tensor, Tensor]:
-    """One level's table rows and trilinear weights, corner-major: the inference path's layout.
+    """One level's table rows and trilinear weights, corner-major: the CPU's layout.
 
     unit_points_t (3, N) in [0, 1]^3 (coordinates as contiguous rows) -> indices (8, N) int32 and
     weights (8, N), corner k = 4 dx + 2 dy + dz: the same numbers as `trilinear_corners` gives
     for this level, laid out so every op runs over contiguous rows of N (on a CPU, tensors with
     a last dimension of 2 or 8 run far below memory speed). int32 indices halve the traffic of
     the gather; hashed coordinates are scaled by the primes in int64 (exact, as in
-    `trilinear_corners`) and masked before narrowing, so no int32 product overflows.
+    `trilinear_corners`) and masked before narrowing, so no int32 product overflows. The weights
+    carry the gradient with respect to the points (to any order); the indices are constant.
     """
     n = unit_points_t.shape[1]
     pos = unit_points_t * float(resolution)
-    lower = pos.floor().clamp_(0, resolution - 1)
+    lower = pos.detach().floor().clamp_(0, resolution - 1)
     frac = pos - lower
     steps = torch.tensor([[0], [1]], device=pos.device)  # (2, 1): the cell's two corners per axis
     if not is_hashed(resolution, table_size):
@@ -159,17 +160,19 @@ class HashEncoding(nn.Module):
             for r in self.resolutions
         )
         rows = [t.shape[0] for t in self.tables]
-        self.levels_per_gather: int | None = None  # None: all on CUDA, one on CPU (see forward)
+        self.levels_per_gather: int | None = None  # None: all on CUDA, corner-major on CPU (see forward)
         # A buffer, so it follows the module to its device; not saved (the config rebuilds it).
         self.register_buffer("level_offsets", torch.tensor([0, *rows[:-1]]).cumsum(0), persistent=False)
 
     def forward(self, unit_points: Tensor) -> Tensor:
-        if not torch.is_grad_enabled() and unit_points.device.type == "cpu":
-            return self._forward_no_grad(unit_points)
+        if unit_points.device.type == "cpu" and self.levels_per_gather is None:
+            if not torch.is_grad_enabled():
+                return self._forward_no_grad(unit_points)
+            return self._forward_corner_major(unit_points)
         n = len(unit_points)
         # Levels in groups, each a single gather from its tables end to end: all levels at once
-        # on a GPU (where the time goes to launching kernels, not to the arithmetic), one level
-        # at a time on a CPU (where a level's working set stays in cache).
+        # on a GPU (where the time goes to launching kernels, not to the arithmetic); a CPU goes
+        # a level at a time, corner-major, unless `levels_per_gather` is set.
         step = self.levels_per_gather or (len(self.resolutions) if unit_points.is_cuda else 1)
         out = []
         # float32 even under autocast: at 1024 cells per side, bfloat16 weights would quantize
@@ -198,6 +201,27 @@ class HashEncoding(nn.Module):
                     mixed = torch.bmm(weights[:, None, :], corners)  # faster than the above on CPU
                 out.append(mixed.view(n, -1))
         return torch.cat(out, dim=-1)  # level-major: level l's F features at l F ...
+
+    def _forward_corner_major(self, unit_points: Tensor) -> Tensor:
+        """`forward` with autograd on a CPU (training): the same features and derivatives, of any
+        order, in the corner-major layout of `corners_by_corner`, a level at a time.
+
+        Each feature is gathered from its own column of the table, so every op of the forward, of
+        the normals' backward and of the backward through them runs over contiguous rows of N: on
+        a 2-core CPU that halves the time of a training step's encoding against the (N, L, 8)
+        layout of `trilinear_corners`, whose short last dimension keeps the vector units idle.
+        """
+        n = len(unit_points)
+        points_t = unit_points.float().t().contiguous()  # (3, N)
+        out = []
+        for level, resolution in enumerate(self.resolutions):
+            index, weights = corners_by_corner(points_t, resolution, self.table_size)
+            index = index.view(-1)
+            table = self.tables[level]
+            for f in range(table.shape[1]):
+                rows = table[:, f].index_select(0, index).view(8, n)
+                out.append((rows * weights).sum(0))
+        return torch.stack(out, dim=1)  # (N, L F), level-major as the other paths'
 
     def _forward_no_grad(self, unit_points: Tensor) -> Tensor:
         """`forward` without autograd on a CPU (exports, previews): the same features to float
