@@ -48,6 +48,9 @@ def test_run_folder_holds_config_checkpoint_previews_metrics(tmp_path):
         "step_0000006.png",
         "final.png",
     }
+    # The last step's preview is the final one (the same renders): copied, not rendered again.
+    previews = run / "previews"
+    assert (previews / "final.png").read_bytes() == (previews / "step_0000006.png").read_bytes()
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [2, 4, 6]
     assert all(set(m["timings"]) >= {"render", "guidance", "backward", "optimizer"} for m in lines)

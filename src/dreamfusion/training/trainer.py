@@ -19,12 +19,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dreamfusion.atomic import atomic_write
 from dreamfusion.config import Config, to_dict, validate_config
 from dreamfusion.errors import UserError
 from dreamfusion.fields import build_background, build_field
@@ -267,6 +269,7 @@ class Trainer(lifecycle.Stoppable):
         """Run until `train.steps`; returns the final checkpoint's path. Ctrl-C saves and stops."""
         cfg = self.cfg.train
         saved = None
+        previewed: tuple[int, Path] | None = None  # the last preview: step, file
         with lifecycle.running(
             self.run, self.interrupt, cfg.steps, self.step, cfg.progress, "dreamfusion"
         ) as bar:
@@ -289,7 +292,7 @@ class Trainer(lifecycle.Stoppable):
                 elif lifecycle.due(self.step, cfg.stall_steps):
                     self.health.check_stall(self.step)
                 if lifecycle.due(self.step, cfg.preview_every):
-                    self.save_preview()
+                    previewed = (self.step, self.save_preview())
                 if lifecycle.due(self.step, cfg.checkpoint_every) or last:
                     saved = self.save(final=last)
                 if self._stop_requested and not last:  # at the last step the run is done anyway
@@ -298,7 +301,11 @@ class Trainer(lifecycle.Stoppable):
                     raise KeyboardInterrupt
         if saved is None:  # already finished on resume
             saved = self.run.latest_checkpoint()
-        self.save_preview(name="final")
+        final = self.run.previews / "final.png"
+        if previewed is not None and previewed[0] == self.step:  # the last step's preview: the same renders
+            atomic_write(final, lambda tmp: shutil.copyfile(previewed[1], tmp))
+        else:
+            self.save_preview(name="final")
         return saved
 
     def timings(self) -> dict[str, float]:
