@@ -99,6 +99,7 @@ FLOAT_RANGES: list[tuple[str, float | None, float | None, str]] = [
             "guidance.high_noise_from",
             "guidance.latent_warmup",
             "render.occupancy_decay",
+            "render.min_transmittance",
         )
     ],
     *[

@@ -194,6 +194,41 @@ def _assert_same_render(out, grads, reference, reference_grads, names):
         torch.testing.assert_close(grads[name], reference_grads[name], atol=1e-7, rtol=1e-5)
 
 
+def test_early_termination_skips_hidden_samples_and_moves_renders_by_less_than_its_threshold():
+    """render.min_transmittance: a training render leaves out the samples behind an opaque surface
+    (found by a density pass without autograd); what they weigh adds up to less than the threshold,
+    so the image, the opacity and every gradient move by no more than that. Renders without a graph
+    (previews, exports) evaluate every sample."""
+    sphere = MovableSphere(radius=0.5)
+    cameras = orbit_cameras(2, RES, elevation=20.0, distance=1.3)
+
+    def run(min_transmittance):
+        sphere.zero_grad()
+        render_cfg = dataclasses.replace(cfg(), min_transmittance=min_transmittance)
+        out = render(
+            sphere, background, cameras, "lambertian", render_cfg, SHADING, torch.Generator().manual_seed(7)
+        )
+        loss = (out.image * torch.linspace(0.0, 1.0, RES)).mean()
+        (loss + orientation_loss(out.weights, out.sample_normals, out.directions)).backward()
+        return out, {name: p.grad.clone() for name, p in sphere.named_parameters()}
+
+    exact, exact_grads = run(0.0)
+    culled, grads = run(1e-4)
+    assert culled.samples_evaluated < 0.8 * exact.samples_evaluated
+    # Depth is weighted by distances up to 2.1 along the ray, so it moves by up to twice as much.
+    for name, bound in (("image", 1e-4), ("alpha", 1e-4), ("normal", 1e-4), ("depth", 2.1e-4)):
+        torch.testing.assert_close(getattr(culled, name), getattr(exact, name), atol=bound, rtol=0)
+    # A hidden sample's weight, under 1e-4, moves with the optical depth in front of it, which a
+    # change of the radius shifts tens of times as much: its share of a gradient reaches 0.1-0.5%.
+    for name, reference in exact_grads.items():
+        assert reference.abs().sum() > 0, name
+        torch.testing.assert_close(grads[name], reference, atol=5e-3 * float(reference.abs().max()), rtol=0)
+    render_cfg = dataclasses.replace(cfg(stratified=False), min_transmittance=1e-4)
+    with torch.no_grad():
+        preview = render(sphere, background, cameras, "lambertian", render_cfg, SHADING)
+    assert preview.samples_evaluated == exact.samples_evaluated
+
+
 def test_render_through_an_updated_grid_is_close_to_the_render_without():
     # One jittered reading per cell and update can miss the steep side of a cell on the surface
     # (density here varies e^8.7-fold across a 0.05 cell), so the match is looser than above.
