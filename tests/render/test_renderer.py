@@ -166,6 +166,28 @@ def test_render_views_is_deterministic_without_a_graph():
     assert (facing < -0.95).all()
 
 
+def test_render_views_of_albedo_without_normals_is_the_same_image():
+    """normals=False (albedo previews): the image and opacity of the render with normals, the
+    field evaluated without autograd, the normal output zeros."""
+    cameras = orbit_cameras(2, RES, elevation=15.0, distance=1.3)
+    sphere, bg = SolidSphere(), ConstantBackground()
+    with_normals = render_views(sphere, bg, cameras, "albedo", cfg(), SHADING)
+    evaluated = []
+
+    def field(points):
+        evaluated.append(torch.is_grad_enabled())
+        return sphere(points)
+
+    field.bound_radius = sphere.bound_radius
+    without = render_views(field, bg, cameras, "albedo", cfg(), SHADING, normals=False)
+    assert evaluated and not any(evaluated)
+    torch.testing.assert_close(without.image, with_normals.image, atol=1e-6, rtol=0)
+    torch.testing.assert_close(without.alpha, with_normals.alpha, atol=1e-6, rtol=0)
+    assert not without.normal.any()
+    with pytest.raises(ValueError, match="needs normals"):
+        render_views(sphere, bg, cameras, "lambertian", cfg(), SHADING, normals=False)
+
+
 class WrongShapeField(SolidSphere):
     def forward(self, points):
         density, albedo = super().forward(points)

@@ -330,12 +330,15 @@ def render_views(
     shading_cfg: ShadingConfig,
     chunk_rays: int = 4096,
     keep_samples: bool = False,
+    normals: bool = True,
 ) -> RenderOutput:
     """Deterministic renders for previews and evaluation, without an autograd graph.
 
-    Bin-center samples (no jitter), normals computed, `chunk_rays` rays at a time to bound
-    memory. Outputs are detached. Per-sample tensors are dropped unless `keep_samples`
-    (`weights`, `t_mid` and `deltas` are then empty (0, N) and `sample_normals` None; see `render`).
+    Bin-center samples (no jitter), normals computed (unless `normals` is False, which only albedo
+    shading allows: its image does not use them, `normal` is then zeros, and the field is evaluated
+    without autograd, several times faster), `chunk_rays` rays at a time to bound memory. Outputs are
+    detached. Per-sample tensors are dropped unless `keep_samples` (`weights`, `t_mid` and `deltas`
+    are then empty (0, N) and `sample_normals` None; see `render`).
     """
     cfg = dataclasses.replace(render_cfg, chunk_rays=chunk_rays)
     with torch.no_grad():
@@ -346,7 +349,7 @@ def render_views(
             shading,
             cfg,
             shading_cfg,
-            compute_normals=True,
+            compute_normals=normals,
             stratified=False,
             keep_samples=keep_samples,
         )

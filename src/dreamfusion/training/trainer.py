@@ -329,7 +329,15 @@ class Trainer(lifecycle.Stoppable):
         cameras: Cameras = orbit_cameras(n_views, res, elevation=15.0, distance=1.3).to(self.device)
         rows = []
         for mode in ("albedo", "lambertian"):
-            out = render_views(self.field, self.background, cameras, mode, self.cfg.render, self.cfg.shading)
+            out = render_views(
+                self.field,
+                self.background,
+                cameras,
+                mode,
+                self.cfg.render,
+                self.cfg.shading,
+                normals=mode != "albedo",  # an albedo image does not use them
+            )
             rows.append(out.image.float().cpu())
         return rows
 
