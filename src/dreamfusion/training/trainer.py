@@ -301,9 +301,8 @@ class Trainer(lifecycle.Stoppable):
                     raise KeyboardInterrupt
         if saved is None:  # already finished on resume
             saved = self.run.latest_checkpoint()
-        final = self.run.previews / "final.png"
         if previewed is not None and previewed[0] == self.step:  # the last step's preview: the same renders
-            atomic_write(final, lambda tmp: shutil.copyfile(previewed[1], tmp))
+            atomic_write(self.preview_path("final"), lambda tmp: shutil.copyfile(previewed[1], tmp))
         else:
             self.save_preview(name="final")
         return saved
@@ -341,9 +340,12 @@ class Trainer(lifecycle.Stoppable):
             rows.append(out.image.float().cpu())
         return rows
 
+    def preview_path(self, name: str | None = None) -> Path:
+        """previews/NAME.png, or the current step's preview without a name."""
+        return self.run.previews / f"{name or f'step_{self.step:07d}'}.png"
+
     def save_preview(self, name: str | None = None) -> Path:
-        path = self.run.previews / f"{name or f'step_{self.step:07d}'}.png"
-        return save_image_grid(path, self.preview_images())
+        return save_image_grid(self.preview_path(name), self.preview_images())
 
     def save(self, final: bool = False) -> Path:
         """Checkpoint the run. The `final` one holds the weights, the occupancy grid and the generator
