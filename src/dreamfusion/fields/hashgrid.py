@@ -231,8 +231,9 @@ class HashEncoding(nn.Module):
         vector units idle.
 
         A level at a time, corner-major (see `corners_by_corner`): gather the 8 corners' rows,
-        then for each feature weight them and sum over the corners. Training (autograd on) never
-        comes here: its path and its gradients stay as they are.
+        then for each feature weight them and sum over the corners. With autograd on, a CPU takes
+        `_forward_corner_major` instead: the same layout, without the in-place `out=` writes and the
+        rows read as int64 words, which autograd cannot follow.
         """
         n = len(unit_points)
         features = self.tables[0].shape[1]
