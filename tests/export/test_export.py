@@ -36,6 +36,17 @@ class GradientSphere(SphereField):
         return self.density(points), 0.5 * (1.0 + direction)
 
 
+class PlacedSphere(GradientSphere):
+    """GradientSphere with a parameter (zero), so that the export runs where the field is moved."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.offset = nn.Parameter(torch.zeros(()))
+
+    def density(self, points):
+        return super().density(points) + self.offset
+
+
 class Blob(nn.Module):
     """density = peak * exp(-|x - center|^2 / (2 width^2)), grey albedo: a soft object, no surface."""
 
@@ -216,6 +227,18 @@ def test_glb_texture_matches_the_albedo_at_the_surface(tmp_path):
     assert np.median(error) < 0.005
     assert np.percentile(error, 99) < 0.02
     assert np.mean(error > 0.1) < 0.005
+
+
+def test_export_on_cuda_gives_the_cpu_mesh(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA: the export's GPU path")
+    options = ExportOptions(resolution=48, texture_size=256, max_faces=4000)
+    cpu = export_mesh(PlacedSphere(RADIUS, COLOR, BOUND), tmp_path / "cpu.glb", options)
+    cuda = export_mesh(PlacedSphere(RADIUS, COLOR, BOUND).cuda(), tmp_path / "cuda.glb", options)
+    a, b = _load_glb(cpu.path), _load_glb(cuda.path)
+    assert b.is_watertight and abs(len(a.faces) - len(b.faces)) <= 0.02 * len(a.faces)
+    assert b.volume == pytest.approx(a.volume, rel=0.01)
+    assert cuda.texture_coverage == pytest.approx(cpu.texture_coverage, abs=0.02)
 
 
 def test_glb_round_trips_with_y_up_and_front_along_z(tmp_path):

@@ -257,7 +257,8 @@ class _SurfaceTracer:
         self.steps = torch.tensor(
             [(dx, dy, dz) for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)], device=device
         )  # (8, 3) corner offsets of a cell
-        self.corners_of = self.steps @ torch.tensor([r * r, r, 1], device=device)  # (8,) in the flat grid
+        # (8,) offsets in the flat grid; a sum of products, as CUDA has no integer matmul.
+        self.corners_of = (self.steps * torch.tensor([r * r, r, 1], device=device)).sum(dim=1)
 
     def _reach(self, level: float) -> tuple[Tensor, Tensor] | None:
         """Inclusive vertex bounds (3,), (3,) of a box outside which no vertex of the grid exceeds
