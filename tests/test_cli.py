@@ -289,7 +289,7 @@ def test_auto_preset_picks_by_device(tmp_path, capsys, monkeypatch):
     assert main(args) == 0
     assert "preset:      cpu on cpu" in capsys.readouterr().out
     saved = json.loads((out / "config.json").read_text())["config"]
-    assert saved["guidance"]["name"] == "bundled" and saved["camera"]["resolution"] == 48
+    assert saved["guidance"]["name"] == "bundled" and saved["camera"]["resolution"] == 40
 
 
 def test_tensorboard_without_the_package(tmp_path, capsys):
