@@ -19,7 +19,6 @@ from dreamfusion.export.grid import (
     COARSE_STRIDE,
     DensityGrid,
     Level,
-    _device_of,
     auto_level,
     sample_density,
     sample_density_near_surface,
@@ -28,7 +27,7 @@ from dreamfusion.export.mesh import decimate, extract_surface, remove_floaters
 from dreamfusion.export.texture import albedo_at, bake_texture, rasterize_uv, textured, unwrap, vertex_colored
 from dreamfusion.export.threads import export_threads
 from dreamfusion.export.write import FORMATS, Z_UP_TO_Y_UP, to_y_up, write_mesh
-from dreamfusion.fields.base import Field
+from dreamfusion.fields.base import Field, device_of
 
 __all__ = [
     "FORMATS",
@@ -166,7 +165,7 @@ def export_mesh(
     texturing = options.texture_size > 0 and fmt != "ply"
     if texturing and 0 < options.texture_faces < options.max_faces:
         options = dataclasses.replace(options, max_faces=options.texture_faces)
-    with export_threads(_device_of(field), options.threads) as threads:
+    with export_threads(device_of(field), options.threads) as threads:
         mesh, level, removed, watertight = build_mesh(field, options)
         if texturing:
             mesh, coverage = textured(field, mesh, options.texture_size)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dreamfusion.fields.base import Field
+from dreamfusion.fields.base import Field, device_of
 
 LN2 = math.log(2.0)
 HEAD_ON_COS = math.cos(math.radians(30.0))
@@ -72,7 +72,7 @@ def sample_density(field: Field, resolution: int, chunk_points: int = 1 << 18) -
     if resolution < 2:
         raise ValueError(f"grid resolution must be >= 2, got {resolution}")
     bound = float(field.bound_radius)
-    axis = torch.linspace(-bound, bound, resolution, device=_device_of(field))
+    axis = torch.linspace(-bound, bound, resolution, device=device_of(field))
     return DensityGrid(_axis_density(field, (axis, axis, axis), chunk_points).clamp(min=0.0), bound)
 
 
@@ -238,7 +238,7 @@ class _SurfaceTracer:
     the exact values of every surface traced so far."""
 
     def __init__(self, field: Field, resolution: int, stride: int, chunk_points: int):
-        device = _device_of(field)
+        device = device_of(field)
         bound = float(field.bound_radius)
         self.field, self.chunk_points = field, chunk_points
         self.axis = torch.linspace(-bound, bound, resolution, device=device)
@@ -377,8 +377,3 @@ def sample_density_near_surface(
 
 def _choose_level(grid: DensityGrid, level: float | None) -> Level:
     return auto_level(grid) if level is None else Level(float(level), "manual", 0)
-
-
-def _device_of(field: Field) -> torch.device:
-    param = next(iter(field.parameters()), None) if isinstance(field, torch.nn.Module) else None
-    return param.device if param is not None else torch.device("cpu")

@@ -15,14 +15,9 @@ from PIL import Image
 from scipy.ndimage import distance_transform_edt
 from torch import Tensor
 
-from dreamfusion.fields.base import Field
+from dreamfusion.fields.base import Field, device_of
 
 UNWRAP_PIECE_FACES = 2500  # faces xatlas charts at a time (see unwrap)
-
-
-def _device_of(field: Field) -> torch.device:
-    param = next(iter(field.parameters()), None) if isinstance(field, torch.nn.Module) else None
-    return param.device if param is not None else torch.device("cpu")
 
 
 @torch.no_grad()
@@ -32,7 +27,7 @@ def albedo_at(field: Field, points: np.ndarray | Tensor, chunk_points: int = 1 <
     Points already on the field's device stay there: the texels of a bake go straight from the
     rasterizer to the field, and only the colors come back.
     """
-    device = _device_of(field)
+    device = device_of(field)
     flat = torch.as_tensor(points, dtype=torch.float32, device=device)
     parts = [field(chunk)[1].float().clamp(0.0, 1.0) for chunk in flat.split(chunk_points)]
     return torch.cat(parts).cpu().numpy() if parts else np.zeros((0, 3), np.float32)
@@ -144,7 +139,7 @@ def bake_texture(
 
     vertices (V, 3) world positions, faces (F, 3), uv (V, 2) per vertex in [0, 1].
     """
-    device = _device_of(field)
+    device = device_of(field)
     uv_faces = torch.as_tensor(uv[faces], dtype=torch.float32, device=device)  # (F, 3, 2)
     face_id, bary = rasterize_uv(uv_faces, size)
     covered = face_id >= 0  # (S, S)

@@ -22,7 +22,7 @@ from torch import Tensor
 from dreamfusion.config import Config
 from dreamfusion.errors import UserError
 from dreamfusion.export.files import atomic_output, check_output
-from dreamfusion.fields.base import Background, Field
+from dreamfusion.fields.base import Background, Field, device_of
 from dreamfusion.render.renderer import RenderOutput, render_views
 from dreamfusion.scene.cameras import Cameras, orbit_cameras, spherical_to_position
 
@@ -165,9 +165,7 @@ def render_turntable(
 ) -> np.ndarray:
     """(frames, size, size, 3) uint8 RGB frames of one orbit, rendered on the field's device."""
     validate(options)
-    param = next(iter(field.parameters()), None) if isinstance(field, torch.nn.Module) else None
-    device = param.device if param is not None else torch.device("cpu")
-    cameras = turntable_cameras(options).to(device)
+    cameras = turntable_cameras(options).to(device_of(field))
     shading = SHADING_OF_MODE[options.mode]
     frames, depths, alphas = [], [], []
     for start in range(0, options.frames, options.views_per_batch):

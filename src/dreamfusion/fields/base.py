@@ -70,6 +70,12 @@ class Field(Protocol):
         ...
 
 
+def device_of(field: Field) -> torch.device:
+    """The device of a field's parameters; the CPU for one without any (an analytic field)."""
+    param = next(iter(field.parameters()), None) if isinstance(field, torch.nn.Module) else None
+    return param.device if param is not None else torch.device("cpu")
+
+
 class Background(Protocol):
     """Color seen along a ray direction where the field leaves it transparent."""
 

@@ -24,7 +24,7 @@ import trimesh
 from dreamfusion.config import Config
 from dreamfusion.errors import UserError
 from dreamfusion.export.turntable import MODES, SHADING_OF_MODE, frames_from_render
-from dreamfusion.fields.base import Background, Field
+from dreamfusion.fields.base import Background, Field, device_of
 from dreamfusion.render.renderer import render_views
 from dreamfusion.scene.cameras import Cameras
 
@@ -202,8 +202,7 @@ class Viewer:
             # The optimizer updates parameters in place between our forward and the normals'
             # backward; a frozen copy keeps autograd from seeing tensors change under it.
             field, background = _frozen_copy(field), _frozen_copy(background)
-        param = next(iter(field.parameters()), None) if isinstance(field, torch.nn.Module) else None
-        device = param.device if param is not None else torch.device("cpu")
+        device = device_of(field)
         out = render_views(
             field,
             background,
