@@ -118,13 +118,13 @@ def cpu() -> Config:
     """A short run that finishes on a laptop CPU: bundled prior with its high-noise expert, small hash
     grid, fewer samples and steps."""
     # CFG 7.5 suits the shorter, lower-resolution run better than 20; the cosine lr over 1,200
-    # steps lets a torus keep its hole. 40x40 renders (upsampled to the prior's 64x64) cost a
-    # third less a step than 48x48 and score alike on the sphere, torus, cube, cone and snowman
+    # steps lets a torus keep its hole. 40x40 renders (upsampled to the prior's 64x64) are
+    # cheaper a step than 48x48 and score alike on the sphere, torus, cube, cone and snowman
     # (benchmarks/prompt_sets/cpu5.json). The exp density, its -2 bias, the ramped interior loss and
     # the high-noise expert are chosen for the same reasons as in `default`, and the expert costs
     # little a step on a CPU. See docs/evaluation.md. Early ray termination leaves out the samples
-    # hidden behind a surface (under 1e-4 of the light reaches them): a tenth off a CPU step once
-    # the body is opaque, the same results.
+    # hidden behind a surface (under 1e-4 of the light reaches them): once the body is opaque
+    # they are a good part of a CPU step's samples, and leaving them out keeps the results.
     return _bundled_world(
         Config(
             field=FieldConfig(

@@ -222,7 +222,8 @@ class HashEncoding(nn.Module):
                 rows = table[:, f].index_select(0, index).view(8, n)
                 out.append((rows * weights).sum(0))
         # Stacked as rows and handed on transposed, so the gradients coming back are contiguous rows
-        # too (the MLP reads a transposed input at no cost): a fifth off the field's training step.
+        # too (the MLP reads a transposed input at no cost), where an (N, L F) stack would make the
+        # backward gather strided columns.
         return torch.stack(out).t()  # (N, L F), level-major as the other paths'
 
     def _forward_no_grad(self, unit_points: Tensor) -> Tensor:
