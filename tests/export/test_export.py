@@ -236,7 +236,10 @@ def test_export_on_cuda_gives_the_cpu_mesh(tmp_path):
     cpu = export_mesh(PlacedSphere(RADIUS, COLOR, BOUND), tmp_path / "cpu.glb", options)
     cuda = export_mesh(PlacedSphere(RADIUS, COLOR, BOUND).cuda(), tmp_path / "cuda.glb", options)
     a, b = _load_glb(cpu.path), _load_glb(cuda.path)
-    assert b.is_watertight and abs(len(a.faces) - len(b.faces)) <= 0.02 * len(a.faces)
+    assert cpu.watertight and cuda.watertight
+    assert abs(len(a.faces) - len(b.faces)) <= 0.02 * len(a.faces)
+    b.merge_vertices(merge_tex=True, merge_norm=True)  # the UV seams split vertices; the surface is closed
+    assert b.is_watertight
     assert b.volume == pytest.approx(a.volume, rel=0.01)
     assert cuda.texture_coverage == pytest.approx(cpu.texture_coverage, abs=0.02)
 
