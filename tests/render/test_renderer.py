@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dreamfusion.config import RenderConfig, ShadingConfig
+from dreamfusion.render import renderer
 from dreamfusion.render.renderer import render, render_views
 from dreamfusion.scene.cameras import orbit_cameras
 from dreamfusion.scene.rays import generate_rays, intersect_sphere
@@ -186,6 +187,31 @@ def test_render_views_of_albedo_without_normals_is_the_same_image():
     assert not without.normal.any()
     with pytest.raises(ValueError, match="needs normals"):
         render_views(sphere, bg, cameras, "lambertian", cfg(), SHADING, normals=False)
+
+
+def test_render_views_takes_normals_only_where_the_weights_show_a_surface(monkeypatch):
+    """Without a graph, normals are computed only at samples of weight >= NORMALS_DROPPED_WEIGHT / N:
+    the image differs from the one with normals everywhere by less than NORMALS_DROPPED_WEIGHT, and
+    the backward pass runs at a small share of the samples."""
+    cameras = orbit_cameras(2, RES, elevation=15.0, distance=1.3)
+    sphere, bg = SolidSphere(), ConstantBackground()
+    normal_points = []
+    density = sphere.density
+
+    def counted(points):  # the passes with autograd: those that take normals
+        if torch.is_grad_enabled():
+            normal_points.append(len(points))
+        return density(points)
+
+    monkeypatch.setattr(sphere, "density", counted)
+    fast = render_views(sphere, bg, cameras, "lambertian", cfg(), SHADING)
+    monkeypatch.setattr(renderer, "NORMALS_DROPPED_WEIGHT", 0.0)
+    exact = render_views(sphere, bg, cameras, "lambertian", cfg(), SHADING)
+    assert len(normal_points) == 2
+    assert normal_points[0] < 0.3 * normal_points[1]  # the samples at the surface, of all that weigh
+    error = (fast.image - exact.image).abs().max()
+    assert 0 < error < 1.0 / 512.0
+    assert (fast.normal - exact.normal).abs().max() < 1.0 / 512.0
 
 
 class WrongShapeField(SolidSphere):

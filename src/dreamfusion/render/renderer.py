@@ -114,6 +114,13 @@ sample and the skipped ones are zeroed: skipping would save little, and finding 
 keep (`nonzero`) makes the host wait for the device in every render."""
 
 
+NORMALS_DROPPED_WEIGHT = 1.0 / 512.0
+"""Renders without a graph (previews, turntables, evaluation) compute normals only at the samples
+whose rendering weight is at least this over the samples per ray; the rest, mostly empty space and
+what lies hidden behind a surface, get normal 0. What those samples weigh adds up to less than this
+on every ray, so no 8-bit pixel moves by more than half a level."""
+
+
 def _evaluate_all(flat: Tensor, occupancy: OccupancyGrid | None) -> bool:
     return flat.is_cuda and (occupancy is None or occupancy.share >= DENSE_SHARE)
 
@@ -176,33 +183,46 @@ def _render_chunk(
             index = torch.zeros(1, dtype=torch.long, device=flat.device)
         subset = flat.index_select(0, index)  # (k, 3)
 
-    # Normals are the gradient of density w.r.t. the points, so the field must be evaluated with
-    # grad on even for no-grad previews; the graph is kept (create_graph) only when the caller
-    # itself records one, so the orientation loss can reach the geometry during training.
-    grad_context = torch.enable_grad() if compute_normals else contextlib.nullcontext()
-    with grad_context:
-        if compute_normals:
-            subset = subset.detach().requires_grad_(True)
-        density, albedo = field(subset)
-        _check_field_output(density, albedo, len(subset))
-        sample_normals = None
-        if compute_normals:
-            sample_normals = normals_from_density(density, subset, create_graph=building_graph)
-    if not building_graph:
-        density, albedo = density.detach(), albedo.detach()
-
     # Composite in float32 even when the field ran under autocast: a cumulative sum of optical
     # depth in bfloat16 loses the transmittance of all but the first few samples.
     def place(values: Tensor) -> Tensor:  # (k, ...) -> (r * n, ...) float32, 0 at skipped samples
         return _mask(values, keep) if index is None else _scatter(values, index, r * n)
 
-    density = place(density).reshape(r, n)
-    albedo = place(albedo).reshape(r, n, 3)
-    if sample_normals is not None:
-        sample_normals = place(sample_normals).reshape(r, n, 3)
+    evaluated = len(subset)
+    if compute_normals and not building_graph:
+        # Without a graph to keep, the field runs without autograd at every sample, and the
+        # backward pass that normals need (several times the cost of the forward) runs only where
+        # the weights show a surface: see NORMALS_DROPPED_WEIGHT.
+        with torch.no_grad():
+            density, albedo = field(subset)
+        _check_field_output(density, albedo, len(subset))
+        density, albedo = place(density).reshape(r, n), place(albedo).reshape(r, n, 3)
+        weights, _, _ = compute_weights(density, deltas)
+        seen = ((weights > 0) & (weights >= NORMALS_DROPPED_WEIGHT / n)).reshape(-1).nonzero()[:, 0]
+        with torch.enable_grad():
+            at = flat.index_select(0, seen).detach().requires_grad_(True)
+            normals = normals_from_density(field.density(at), at, create_graph=False)
+        sample_normals = _scatter(normals.detach(), seen, r * n).reshape(r, n, 3)
+    else:
+        # Normals are the gradient of density w.r.t. the points, kept as a graph (create_graph)
+        # so the orientation loss can reach the geometry during training.
+        with torch.enable_grad() if compute_normals else contextlib.nullcontext():
+            if compute_normals:
+                subset = subset.detach().requires_grad_(True)
+            density, albedo = field(subset)
+            _check_field_output(density, albedo, len(subset))
+            sample_normals = None
+            if compute_normals:
+                sample_normals = normals_from_density(density, subset, create_graph=building_graph)
+        if not building_graph:
+            density, albedo = density.detach(), albedo.detach()
+        density = place(density).reshape(r, n)
+        albedo = place(albedo).reshape(r, n, 3)
+        if sample_normals is not None:
+            sample_normals = place(sample_normals).reshape(r, n, 3)
+        weights, _, _ = compute_weights(density, deltas)
 
     colors = shade(shading, albedo, sample_normals, points, light[:, None, :], shading_cfg)  # (r, N, 3)
-    weights, _, _ = compute_weights(density, deltas)
     rgb = accumulate(weights, colors)  # (r, 3)
     alpha = accumulated_alpha(weights)  # (r,)
     bg = background(directions)
@@ -216,7 +236,7 @@ def _render_chunk(
     else:
         normal = torch.zeros_like(rgb)
     depth = expected_depth(weights, t_mid)  # (r,)
-    return _Chunk(color, alpha, depth, normal, weights, sample_normals, evaluated=len(subset))
+    return _Chunk(color, alpha, depth, normal, weights, sample_normals, evaluated=evaluated)
 
 
 def _cat_optional(tensors: list[Tensor | None]) -> Tensor | None:
