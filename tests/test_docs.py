@@ -82,7 +82,11 @@ def _batch_figures() -> list[str]:
 
 
 def _asset_figures() -> list[str]:
-    return [f"{_json('asset_h100.json')['lone_asset']['end_to_end_s']:.1f} s"]
+    asset = _json("asset_gpu.json")
+    return [
+        f"{asset['lone_asset']['end_to_end_s']:.1f} s end to end",
+        f"{round(asset['throughput']['assets_per_hour'])} assets an hour",
+    ]
 
 
 def _export_figures() -> list[str]:
