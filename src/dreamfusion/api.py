@@ -129,21 +129,25 @@ def generate(
     progress: bool | None = None,
     export_mesh: bool = True,
     turntable: bool = True,
+    turntable_from: str = "field",
     view: bool = False,
     view_port: int = 8080,
 ) -> GenerateResult:
     """Turn a sentence into a trained 3D field. Raises UserError on bad input, before writing anything.
 
     After training, the mesh (RUN/mesh.glb) and a turntable (RUN/turntable.mp4) are written
-    unless `export_mesh` / `turntable` is False; `view` serves the field live on `view_port`.
+    unless `export_mesh` / `turntable` is False; `turntable_from` "mesh" rasterizes the mesh for the
+    turntable instead of volume-rendering the field; `view` serves the field live on `view_port`.
     `guidance`, `model`, `preset`, `steps`, `seed` and `device` are the command line's choices;
     `overrides` sets any other field by its dotted name, e.g. {"sds.guidance_scale": 100, "optim.lr": 5e-3}.
     """
+    from dreamfusion.export.turntable import check_turntable_from
     from dreamfusion.training.lifecycle import resolve_device
     from dreamfusion.training.trainer import Trainer
 
     if not isinstance(prompt, str) or not prompt.strip():
         raise UserError('the prompt is empty; give a sentence such as "a ceramic mug"')
+    check_turntable_from(turntable_from)
     cfg = resolve_config(preset, steps, seed, guidance, device, config)
     if model is not None:
         cfg = own_prior(apply_overrides(cfg, {"guidance.model": model}), [])
@@ -170,7 +174,9 @@ def generate(
             viewer.stop()
     from dreamfusion.export.assets import write_assets
 
-    assets = write_assets(trainer.run.path, trainer.field, trainer.background, cfg, export_mesh, turntable)
+    assets = write_assets(
+        trainer.run.path, trainer.field, trainer.background, cfg, export_mesh, turntable, turntable_from
+    )
     return GenerateResult(
         prompt=trainer.prompt,
         run_dir=trainer.run.path,

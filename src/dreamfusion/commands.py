@@ -11,7 +11,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import tyro
 
@@ -114,6 +114,9 @@ class Generate:
     """Export RUN/mesh.glb at the end."""
     video: bool = True
     """Render RUN/turntable.mp4 at the end."""
+    turntable_from: Literal["field", "mesh"] = "field"
+    """The turntable's source: a volume render of the field, or the exported mesh rasterized (the asset
+    as downloaded, a small share of the field's render time)."""
     view: bool = False
     """Serve a live web viewer of the field as it trains."""
     port: int = 8080
@@ -144,6 +147,7 @@ class Generate:
             progress=False if self.quiet else None,
             export_mesh=self.mesh,
             turntable=self.video,
+            turntable_from=self.turntable_from,
             view=self.view,
             view_port=self.port,
         )
@@ -279,6 +283,9 @@ class Render:
     """Frames per second."""
     light: str = "camera"
     """camera[:AZ,EL] turns with the camera (30,30); world:AZ,EL[,DIST] stays put."""
+    mesh: Path | None = None
+    """Rasterize this mesh file (.glb, .obj or .ply, e.g. RUN/mesh.glb) instead of rendering the field:
+    the asset as downloaded, in a small share of the time (modes color, albedo, textureless, normal)."""
     device: str = "auto"
     """cpu, cuda or cuda:N; auto: cuda when there is one, else cpu."""
 
@@ -289,6 +296,7 @@ class Render:
             TurntableOptions,
             parse_light,
             validate,
+            write_mesh_turntable,
             write_turntable,
         )
         from dreamfusion.training.lifecycle import resolve_device
@@ -306,8 +314,12 @@ class Render:
         validate(options)
         video = self.video or (find_checkpoint(self.run_path).parent.parent / f"turntable_{self.mode}.mp4")
         check_output(video, VIDEO_SUFFIXES)
-        run = load_run(self.run_path, resolve_device(self.device))
-        path = write_turntable(run.field, run.background, run.config, video, options)
+        device = resolve_device(self.device)
+        run = load_run(self.run_path, device)
+        if self.mesh is not None:
+            path = write_mesh_turntable(self.mesh, run.background, run.config, video, options, device)
+        else:
+            path = write_turntable(run.field, run.background, run.config, video, options)
         print(f"turntable:   {path} ({options.frames} frames, {options.size}x{options.size}, {options.mode})")
         return 0
 

@@ -142,3 +142,19 @@ def test_without_ray_the_runs_go_one_after_another_and_say_how_to_get_more(tmp_p
     assert field and not all(torch.equal(zero[k], one[k]) for k in field)  # each run took its own seed
     with pytest.raises(Exception, match="needs Ray"):
         generate_many(["a red cube"], out=out, address="auto", preset="smoke")
+
+
+def test_batch_can_take_each_turntable_from_the_mesh(tmp_path, capsys, monkeypatch):
+    if not PRIOR_PATH.is_file():
+        pytest.skip(f"the bundled prior's weights are not installed ({PRIOR_PATH})")
+    monkeypatch.setitem(sys.modules, "ray", None)  # one after another, in this process
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps(["a red cube"]))
+    out = tmp_path / "batch"
+    with pytest.raises(Exception, match="--turntable-from must be one of field, mesh"):
+        generate_many(["a red cube"], out=out, preset="smoke", turntable_from="nerf", parallel=False)
+    assert not out.exists()
+    assert main(["batch", str(prompts), "--out", str(out), *TINY, "--turntable-from", "mesh"]) == 0
+    (record,) = _manifest(out).values()
+    assert record["status"] == "done" and record["mesh"] and record["video"]
+    assert (out / record["video"]).stat().st_size > 0 and record["video_seconds"] > 0

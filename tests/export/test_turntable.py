@@ -128,6 +128,7 @@ def test_render_command_on_a_saved_run(run, tmp_path, capsys):
         (["--light", "sun"], "--light must be"),
         (["--video", "{tmp}"], "is a folder"),
         (["--video", "{tmp}/t.avi"], "must end in .mp4 or .gif"),
+        (["--mesh", "{tmp}/none.glb"], "no mesh file at"),
     ],
 )
 def test_render_bad_input_gets_one_line_and_writes_nothing(run, tmp_path, capsys, args, message):
@@ -168,3 +169,53 @@ def test_assets_fall_back_to_a_gif_without_ffmpeg_and_time_each_stage(monkeypatc
     with Image.open(assets.video) as image:  # a turning sphere: Pillow keeps one frame of them all
         assert image.format == "GIF" and image.size[0] == image.size[1] > 0
     assert set(assets.seconds) == {"mesh", "video"} and all(s > 0 for s in assets.seconds.values())
+
+
+def test_assets_can_take_the_turntable_from_the_mesh(tmp_path):
+    """turntable_from="mesh": the video shows the mesh just written, rasterized; the sphere's
+    silhouette and color are the volume render's (but for the field's soft edge)."""
+    from dreamfusion.export.assets import asset_options, write_assets
+
+    field, background = SphereField(RADIUS, COLOR, BOUND), ConstantBackground((1.0, 1.0, 1.0))
+    config = tiny_config(steps=2)
+    (tmp_path / "field").mkdir()
+    (tmp_path / "mesh").mkdir()
+    from_field = write_assets(tmp_path / "field", field, background, config, turntable_from="field")
+    from_mesh = write_assets(tmp_path / "mesh", field, background, config, turntable_from="mesh")
+    assert from_mesh.mesh is not None and from_mesh.video is not None
+    frames = [np.stack(list(imageio.mimread(a.video))).astype(float) for a in (from_field, from_mesh)]
+    options = asset_options(config)[1]
+    assert frames[1].shape == frames[0].shape == (options.frames, options.size, options.size, 3)
+    covered = [(f < 250).any(-1) for f in frames]  # not the white background
+    # The field's soft edge widens its silhouette by a pixel or so at this size, and the mesh's lies
+    # within it.
+    assert (covered[0] & covered[1]).sum() / (covered[0] | covered[1]).sum() > 0.75
+    assert (covered[1] & ~covered[0]).mean() < 0.01
+    assert np.abs(_center(frames[1][0]) - _center(frames[0][0])).max() < 12  # of 255
+    with pytest.raises(UserError, match="--turntable-from must be one of field, mesh"):
+        write_assets(tmp_path / "mesh", field, background, config, turntable_from="nerf")
+
+
+def test_render_command_rasterizes_a_mesh_file(run, tmp_path, capsys):
+    from dreamfusion.export import ExportOptions, export_mesh
+
+    mesh = export_mesh(
+        SphereField(RADIUS, COLOR, BOUND), tmp_path / "ball.glb", ExportOptions(resolution=48)
+    ).path
+    video = tmp_path / "spin.gif"
+    argv = ["render", str(run), "--mesh", str(mesh), "--video", str(video), "--frames", "3", "--size", "32"]
+    assert main(argv) == 0
+    assert f"turntable:   {video} (3 frames, 32x32, color)" in capsys.readouterr().out
+    frames = np.stack(imageio.mimread(video))[..., :3].astype(float)
+    assert frames.shape == (3, 32, 32, 3)
+    assert np.abs(_center(frames[0]) - ALBEDO_8BIT).max() < 0.35 * 255  # the red sphere, lit
+    damaged = tmp_path / "damaged.glb"
+    damaged.write_bytes(b"glTF not really")
+    for args, message in (
+        (["--mesh", str(mesh), "--mode", "depth"], "'depth' needs the field"),
+        (["--mesh", str(damaged)], "cannot read the mesh"),
+    ):
+        assert main(["render", str(run), *args, "--video", str(tmp_path / "bad.gif")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+        assert not (tmp_path / "bad.gif").exists()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 
@@ -50,6 +50,9 @@ class Batch:
     """Export RUN/mesh.glb."""
     video: bool = True
     """Render RUN/turntable.mp4."""
+    turntable_from: Literal["field", "mesh"] = "field"
+    """The turntable's source: a volume render of the field, or the exported mesh rasterized (the asset
+    as downloaded, a small share of the field's render time)."""
     quiet: bool = False
     """No progress bar."""
     config: Sections = dataclasses.field(default_factory=Config)
@@ -75,6 +78,7 @@ class Batch:
             cpus_per_run=self.cpus_per_run,
             export_mesh=self.mesh,
             turntable=self.video,
+            turntable_from=self.turntable_from,
             export_task_on_cpu=self.export_task,
             max_retries=self.max_retries,
             progress=not self.quiet,

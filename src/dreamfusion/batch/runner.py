@@ -60,6 +60,7 @@ def generate_many(
     cpus_per_run: float | None = 1,
     export_mesh: bool = True,
     turntable: bool = True,
+    turntable_from: str = "field",
     export_task_on_cpu: bool = False,
     max_retries: int = 3,
     parallel: bool = True,
@@ -84,6 +85,9 @@ def generate_many(
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; pass a folder")
     runs = plan_runs(check_prompts(list(prompts)), list(seeds), out)
+    from dreamfusion.export.turntable import check_turntable_from
+
+    check_turntable_from(turntable_from)
     batch_config(preset, steps, guidance, device or "cpu", overrides, config)  # bad input: before any start
     if max_retries < 0:
         raise UserError(f"max_retries must be non-negative (got {max_retries})")
@@ -98,7 +102,8 @@ def generate_many(
             if hint:
                 log(hint)
         tail_apart = export_task_on_cpu and (export_mesh or turntable)
-        return _run(runs, cfg, out, pool, resources, (export_mesh, turntable, tail_apart), progress, log)
+        assets = (export_mesh, turntable, turntable_from, tail_apart)
+        return _run(runs, cfg, out, pool, resources, assets, progress, log)
     finally:
         pool.close()
 
@@ -106,7 +111,7 @@ def generate_many(
 def _run(runs: list[RunSpec], cfg: Config, out: Path, pool, resources, assets, progress, log) -> list[dict]:
     from tqdm import tqdm
 
-    export_mesh, turntable, tail_apart = assets
+    export_mesh, turntable, turntable_from, tail_apart = assets
     manifest = Manifest(out, runs)
     todo = [run for run in runs if not manifest.finished(run, cfg.train.steps)]
     token = secrets.token_hex(8)
@@ -123,6 +128,7 @@ def _run(runs: list[RunSpec], cfg: Config, out: Path, pool, resources, assets, p
             export_mesh=export_mesh,
             turntable=turntable,
             tail_here=not tail_apart,
+            turntable_from=turntable_from,
         )
         for run in todo
     }

@@ -39,6 +39,8 @@ class RunJob:
     turntable: bool
     tail_here: bool
     """Export the mesh and turntable in this task; else the driver gives them a task of their own."""
+    turntable_from: str = "field"
+    """The turntable's source: "field" or "mesh" (`export.assets.write_assets`)."""
 
     @property
     def run_dir(self) -> Path:
@@ -113,6 +115,7 @@ def _train(job: RunJob) -> dict:
         progress=False,
         export_mesh=job.export_mesh and job.tail_here,
         turntable=job.turntable and job.tail_here,
+        turntable_from=job.turntable_from,
     )
     record = _record(
         job,
@@ -138,7 +141,9 @@ def export_task(job: RunJob) -> dict:
     try:
         run = load_run(job.run_dir, "cpu")
         mesh, video = job.export_mesh, job.turntable
-        assets = write_assets(job.run_dir, run.field, run.background, run.config, mesh, video)
+        assets = write_assets(
+            job.run_dir, run.field, run.background, run.config, mesh, video, job.turntable_from
+        )
     except Exception as e:  # noqa: BLE001 - the run is trained; only its assets failed
         from dreamfusion.batch.pool import one_line
 

@@ -18,8 +18,14 @@ from pathlib import Path
 from dreamfusion.config import Config
 from dreamfusion.errors import UserError
 from dreamfusion.export import ExportOptions, export_mesh
-from dreamfusion.export.turntable import TurntableOptions, mp4_available, write_turntable
-from dreamfusion.fields.base import Background, Field
+from dreamfusion.export.turntable import (
+    TurntableOptions,
+    check_turntable_from,
+    mp4_available,
+    write_mesh_turntable,
+    write_turntable,
+)
+from dreamfusion.fields.base import Background, Field, device_of
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +57,24 @@ class Assets:
 
 
 def write_assets(
-    run_dir: Path, field: Field, background: Background, config: Config, mesh: bool = True, video: bool = True
+    run_dir: Path,
+    field: Field,
+    background: Background,
+    config: Config,
+    mesh: bool = True,
+    video: bool = True,
+    turntable_from: str = "field",
 ) -> Assets:
     """Export the mesh and the turntable into `run_dir`; a failure is logged, never raised.
+
+    `turntable_from` "mesh" rasterizes the mesh just written (the asset as downloaded, far
+    cheaper than a volume render of the field); without a mesh the field is rendered.
 
     Training has already succeeded and its checkpoint is saved, so an asset that cannot be made
     (an empty field, say) must not turn the run into an error: `dreamfusion export` and
     `dreamfusion render` can redo either with other settings.
     """
+    check_turntable_from(turntable_from)
     export_options, turntable_options = asset_options(config)
     out = Assets(None, None)
     was_training = getattr(field, "training", False)
@@ -83,7 +99,12 @@ def write_assets(
                     "no ffmpeg found: writing %s instead of %s (pip install imageio-ffmpeg)", name, VIDEO_NAME
                 )
             try:
-                out.video = write_turntable(field, background, config, run_dir / name, turntable_options)
+                if turntable_from == "mesh" and out.mesh is not None:
+                    out.video = write_mesh_turntable(
+                        out.mesh, background, config, run_dir / name, turntable_options, device_of(field)
+                    )
+                else:
+                    out.video = write_turntable(field, background, config, run_dir / name, turntable_options)
             except UserError as e:
                 log.warning("no turntable written: %s", e)
             out.seconds["video"] = time.perf_counter() - start
