@@ -145,6 +145,7 @@ def test_the_presets_pair_the_packaged_expert_unless_guidance_changes(preset):
             ["generate", "a mug", "--preset", "smoke", "--guidance.high-noise-model", "bundled"],
             "does nothing for --guidance closed-form",
         ),
+        (["generate", "a mug", "--turntable-from", "nerf"], "--turntable-from must be one of field, mesh"),
     ],
 )
 def test_bad_input_gets_one_line_and_writes_nothing(tmp_path, capsys, argv, message):

@@ -11,7 +11,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated
 
 import tyro
 
@@ -114,9 +114,9 @@ class Generate:
     """Export RUN/mesh.glb at the end."""
     video: bool = True
     """Render RUN/turntable.mp4 at the end."""
-    turntable_from: Literal["field", "mesh"] = "field"
-    """The turntable's source: a volume render of the field, or the exported mesh rasterized (the asset
-    as downloaded, a small share of the field's render time)."""
+    turntable_from: str = "field"
+    """field | mesh: the turntable is a volume render of the field, or the exported mesh rasterized
+    (the asset as downloaded, a small share of the field's render time)."""
     view: bool = False
     """Serve a live web viewer of the field as it trains."""
     port: int = 8080

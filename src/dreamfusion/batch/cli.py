@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import tyro
 
@@ -50,9 +50,9 @@ class Batch:
     """Export RUN/mesh.glb."""
     video: bool = True
     """Render RUN/turntable.mp4."""
-    turntable_from: Literal["field", "mesh"] = "field"
-    """The turntable's source: a volume render of the field, or the exported mesh rasterized (the asset
-    as downloaded, a small share of the field's render time)."""
+    turntable_from: str = "field"
+    """field | mesh: the turntable is a volume render of the field, or the exported mesh rasterized
+    (the asset as downloaded, a small share of the field's render time)."""
     quiet: bool = False
     """No progress bar."""
     config: Sections = dataclasses.field(default_factory=Config)
