@@ -13,6 +13,7 @@ import trimesh
 from dreamfusion.config import Config
 from dreamfusion.export import ExportOptions, export_mesh
 from dreamfusion.export.turntable import TurntableOptions, render_turntable, turntable_cameras
+from dreamfusion.render import raster
 from dreamfusion.render.raster import MeshTensors, rasterize, render_mesh
 from dreamfusion.viewer.server import load_mesh_z_up
 from tests.export.test_export import BOUND, COLOR, RADIUS, GradientSphere
@@ -46,6 +47,19 @@ def test_a_sphere_covers_the_disc_its_projection_predicts():
         assert covered[SIZE // 2, SIZE // 2] and not covered[0, 0]
         torch.testing.assert_close(bary[covered].sum(-1), torch.ones(int(covered.sum())), atol=1e-5, rtol=0)
         assert (bary[covered] >= -1e-6).all()
+
+
+def test_faces_in_runs_give_the_image_of_all_at_once(monkeypatch):
+    """A camera close to the surface: the faces go in runs of a few thousand pairs and the image is
+    the same as with all pairs at once."""
+    mesh = MeshTensors.from_trimesh(_sphere())
+    cameras = turntable_cameras(TurntableOptions(frames=1, size=SIZE, distance=0.6))
+    at_once = rasterize(mesh.vertices, mesh.faces, cameras.c2w[0], float(cameras.focal[0]), SIZE, SIZE)
+    monkeypatch.setattr(raster, "MAX_CANDIDATES", 3000)
+    in_runs = rasterize(mesh.vertices, mesh.faces, cameras.c2w[0], float(cameras.focal[0]), SIZE, SIZE)
+    assert (at_once[0] >= 0).float().mean() > 0.9  # the sphere fills the view
+    assert torch.equal(in_runs[0], at_once[0])
+    torch.testing.assert_close(in_runs[1], at_once[1])
 
 
 def test_colors_shading_and_normals_of_a_sphere():

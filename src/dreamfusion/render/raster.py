@@ -25,6 +25,8 @@ from dreamfusion.scene.cameras import Cameras
 from dreamfusion.scene.rays import pixel_rays
 
 MESH_MODES = ("color", "albedo", "textureless", "normal")
+MAX_CANDIDATES = 1 << 22
+"""(face, pixel) pairs tested at once: memory for one run of faces, whatever the camera."""
 
 
 @dataclass
@@ -104,37 +106,49 @@ def rasterize(
     y1 = (fv.amax(1) - 0.5).floor().clamp(max=height - 1).long()
     w, h = (x1 - x0 + 1).clamp(min=0), (y1 - y0 + 1).clamp(min=0)
     counts = torch.where((fd > 1e-6).all(1), w * h, torch.zeros_like(w))
-    face = torch.repeat_interleave(torch.arange(len(faces), device=faces.device), counts)
-    local = torch.arange(len(face), device=faces.device) - (counts.cumsum(0) - counts)[face]
-    px, py = x0[face] + local % w[face], y0[face] + local // w[face]
+    device = faces.device
+    nearest = torch.full((height * width,), float("inf"), device=device)
+    face_index = torch.full((height * width,), -1, dtype=torch.long, device=device)
+    barycentric = torch.zeros(height * width, 3, device=device)
+    # Faces go in runs of at most MAX_CANDIDATES (face, pixel) pairs, so that a camera close to the
+    # surface (faces many pixels wide) costs time, not memory; a later run's nearer point replaces
+    # an earlier one's at its pixel.
+    ends = counts.cumsum(0)
+    first = 0
+    while first < len(faces):
+        stop = int(torch.searchsorted(ends, ends[first] - counts[first] + MAX_CANDIDATES, right=True))
+        stop = max(stop, first + 1)
+        chunk = slice(first, stop)
+        face = first + torch.repeat_interleave(torch.arange(stop - first, device=device), counts[chunk])
+        before = ends - counts  # pairs of the faces before each face
+        local = torch.arange(len(face), device=device) + before[first] - before[face]
+        px, py = x0[face] + local % w[face], y0[face] + local // w[face]
 
-    # Edge functions at the pixel centers give the screen-space barycentrics.
-    cx, cy = px.float() + 0.5, py.float() + 0.5
-    au, av = fu[face].unbind(1), fv[face].unbind(1)
-    area = (au[1] - au[0]) * (av[2] - av[0]) - (av[1] - av[0]) * (au[2] - au[0])
-    b0 = ((au[1] - cx) * (av[2] - cy) - (av[1] - cy) * (au[2] - cx)) / area
-    b1 = ((au[2] - cx) * (av[0] - cy) - (av[2] - cy) * (au[0] - cx)) / area
-    screen = torch.stack((b0, b1, 1.0 - b0 - b1), dim=1)
-    inside = (screen >= 0).all(1) & (area != 0)
-    # Perspective-correct: interpolate 1/depth in screen space.
-    weighted = screen / fd[face]
-    point_depth = 1.0 / weighted.sum(1)
-    bary = weighted * point_depth[:, None]
+        # Edge functions at the pixel centers give the screen-space barycentrics.
+        cx, cy = px.float() + 0.5, py.float() + 0.5
+        au, av = fu[face].unbind(1), fv[face].unbind(1)
+        area = (au[1] - au[0]) * (av[2] - av[0]) - (av[1] - av[0]) * (au[2] - au[0])
+        b0 = ((au[1] - cx) * (av[2] - cy) - (av[1] - cy) * (au[2] - cx)) / area
+        b1 = ((au[2] - cx) * (av[0] - cy) - (av[2] - cy) * (au[0] - cx)) / area
+        screen = torch.stack((b0, b1, 1.0 - b0 - b1), dim=1)
+        inside = (screen >= 0).all(1) & (area != 0)
+        # Perspective-correct: interpolate 1/depth in screen space.
+        weighted = screen / fd[face]
+        point_depth = 1.0 / weighted.sum(1)
+        bary = weighted * point_depth[:, None]
 
-    pixel = py * width + px
-    pixel, point_depth, face, bary = pixel[inside], point_depth[inside], face[inside], bary[inside]
-    nearest = torch.full((height * width,), float("inf"), device=faces.device)
-    nearest = nearest.scatter_reduce(0, pixel, point_depth, reduce="amin")
-    front = point_depth == nearest[pixel]
-    # Ties (a pixel center on a shared edge) go to the later candidate: either is right.
-    candidate = torch.arange(len(pixel), device=faces.device)
-    winner = torch.full((height * width,), -1, dtype=torch.long, device=faces.device)
-    winner = winner.scatter_reduce(0, pixel[front], candidate[front], reduce="amax")
-    covered = winner >= 0
-    face_index = torch.full((height * width,), -1, dtype=torch.long, device=faces.device)
-    face_index[covered] = face[winner[covered]]
-    barycentric = torch.zeros(height * width, 3, device=faces.device)
-    barycentric[covered] = bary[winner[covered]]
+        pixel = py * width + px
+        pixel, point_depth, face, bary = pixel[inside], point_depth[inside], face[inside], bary[inside]
+        nearest.scatter_reduce_(0, pixel, point_depth, reduce="amin")
+        front = point_depth == nearest[pixel]
+        # Ties (a pixel center on a shared edge) go to the later candidate: either is right.
+        candidate = torch.arange(len(pixel), device=device)
+        winner = torch.full((height * width,), -1, dtype=torch.long, device=device)
+        winner.scatter_reduce_(0, pixel[front], candidate[front], reduce="amax")
+        won = winner >= 0
+        face_index[won] = face[winner[won]]
+        barycentric[won] = bary[winner[won]]
+        first = stop
     return face_index.view(height, width), barycentric.view(height, width, 3)
 
 
