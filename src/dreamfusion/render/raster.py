@@ -57,14 +57,13 @@ class MeshTensors:
             colored = visual if isinstance(visual, trimesh.visual.ColorVisuals) else visual.to_color()
             rgba = np.asarray(colored.vertex_colors, dtype=np.float32)
             colors = torch.tensor(rgba[:, :3] / 255.0)
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return cls(
             vertices=torch.tensor(vertices, device=device),
             faces=torch.tensor(faces, device=device),
             normals=torch.tensor(smooth_normals(vertices, faces), device=device),
-            uv=move(uv),
-            texture=move(texture),
-            colors=move(colors),
+            uv=None if uv is None else uv.to(device),
+            texture=None if texture is None else texture.to(device),
+            colors=None if colors is None else colors.to(device),
         )
 
 
