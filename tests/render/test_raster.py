@@ -13,9 +13,9 @@ import trimesh
 from dreamfusion.config import Config
 from dreamfusion.export import ExportOptions, export_mesh
 from dreamfusion.export.turntable import TurntableOptions, render_turntable, turntable_cameras
+from dreamfusion.export.write import read_mesh
 from dreamfusion.render import raster
 from dreamfusion.render.raster import MeshTensors, rasterize, render_mesh
-from dreamfusion.viewer.server import load_mesh_z_up
 from tests.export.test_export import BOUND, COLOR, RADIUS, GradientSphere
 
 SIZE = 64
@@ -86,7 +86,7 @@ def test_the_exported_mesh_looks_like_the_field_it_came_from(tmp_path):
     the colors and shading of the volume render of its field."""
     field = GradientSphere(RADIUS, COLOR, BOUND)
     result = export_mesh(field, tmp_path / "ball.glb", ExportOptions(resolution=96, texture_size=512))
-    mesh = MeshTensors.from_trimesh(load_mesh_z_up(result.path))
+    mesh = MeshTensors.from_trimesh(read_mesh(result.path))
     assert mesh.texture is not None and mesh.uv is not None
     options = TurntableOptions(frames=3, size=SIZE)
     cameras = turntable_cameras(options)

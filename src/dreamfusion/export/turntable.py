@@ -22,6 +22,7 @@ from torch import Tensor
 from dreamfusion.config import Config
 from dreamfusion.errors import UserError
 from dreamfusion.export.files import atomic_output, check_output
+from dreamfusion.export.write import read_mesh
 from dreamfusion.fields.base import Background, Field, device_of
 from dreamfusion.render.renderer import RenderOutput, render_views
 from dreamfusion.scene.cameras import Cameras, orbit_cameras, spherical_to_position
@@ -262,7 +263,6 @@ def render_mesh_turntable(
     (`render.raster`), on `device` (default: the background's): the asset as the user downloads
     it, at a small share of a volume render's cost. Depth turntables come from the field only."""
     from dreamfusion.render.raster import MESH_MODES, MeshTensors, render_mesh
-    from dreamfusion.viewer.server import load_mesh_z_up
 
     validate(options)
     mesh_path = Path(mesh_path)
@@ -275,7 +275,7 @@ def render_mesh_turntable(
         raise UserError(f"a turntable of the mesh shows {shows}; '{options.mode}' needs the field")
     device = device or device_of(background)
     try:
-        loaded = load_mesh_z_up(mesh_path)
+        loaded = read_mesh(mesh_path)
     except Exception as e:  # noqa: BLE001 - trimesh raises many kinds on a damaged file
         raise UserError(f"cannot read the mesh {mesh_path} ({type(e).__name__}: {str(e)[:120]})") from None
     if len(loaded.faces) == 0:

@@ -35,6 +35,13 @@ def to_y_up(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     return out
 
 
+def read_mesh(path: Path) -> trimesh.Trimesh:
+    """A mesh file written by `write_mesh` (+y up) back in the world frame (+z up)."""
+    mesh = trimesh.load(path, force="mesh")
+    mesh.apply_transform(Z_UP_TO_Y_UP.T)  # the inverse of a rotation is its transpose
+    return mesh
+
+
 def write_mesh(mesh: trimesh.Trimesh, path: Path, fmt: str) -> list[Path]:
     """Write a +z-up mesh as `fmt` at `path`; returns every file written (OBJ brings its MTL and PNG).
 

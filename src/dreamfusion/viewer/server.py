@@ -24,6 +24,7 @@ import trimesh
 from dreamfusion.config import Config
 from dreamfusion.errors import UserError
 from dreamfusion.export.turntable import MODES, SHADING_OF_MODE, frames_from_render
+from dreamfusion.export.write import read_mesh
 from dreamfusion.fields.base import Background, Field, device_of
 from dreamfusion.render.renderer import render_views
 from dreamfusion.scene.cameras import Cameras
@@ -240,15 +241,6 @@ class Viewer:
         self.server.stop()
 
 
-def load_mesh_z_up(path: Path) -> trimesh.Trimesh:
-    """A mesh file written by `dreamfusion export` (+y up) back in the world frame (+z up)."""
-    from dreamfusion.export import Z_UP_TO_Y_UP
-
-    mesh = trimesh.load(path, force="mesh")
-    mesh.apply_transform(Z_UP_TO_Y_UP.T)  # the inverse of a rotation is its transpose
-    return mesh
-
-
 def serve_run(
     run_dir: str | Path,
     host: str = "127.0.0.1",
@@ -275,7 +267,7 @@ def serve_run(
     run = load_run(run_dir, device)
     mesh = mesh or (run.run_dir / "mesh.glb" if (run.run_dir / "mesh.glb").is_file() else None)
     if mesh is not None:
-        shown = load_mesh_z_up(Path(mesh))
+        shown = read_mesh(Path(mesh))
     elif show == "field":
         shown = None  # no mesh on disk and the field asked for: no time spent extracting one
     else:
