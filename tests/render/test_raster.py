@@ -25,7 +25,7 @@ class Sky:
     """A background of one color, so covered and uncovered pixels tell apart."""
 
     def __call__(self, directions):
-        return torch.tensor([0.1, 0.3, 0.9]).expand(directions.shape)
+        return torch.tensor([0.1, 0.3, 0.9], device=directions.device).expand(directions.shape)
 
 
 def _sphere(radius: float = RADIUS) -> trimesh.Trimesh:
@@ -100,3 +100,14 @@ def test_the_exported_mesh_looks_like_the_field_it_came_from(tmp_path):
         inner = (x - SIZE / 2) ** 2 + (y - SIZE / 2) ** 2 < (0.7 * 0.37 * SIZE) ** 2
         error = (from_mesh - from_field).abs()[:, inner]
         assert error.mean() < 0.01 and error.max() < 0.06, mode
+
+
+def test_a_mesh_on_cuda_gives_the_cpus_frames():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA: the rasterizer's GPU path")
+    cameras = turntable_cameras(TurntableOptions(frames=2, size=SIZE))
+    shading = Config().shading
+    cpu = render_mesh(MeshTensors.from_trimesh(_sphere()), Sky(), cameras, "color", shading)
+    mesh = MeshTensors.from_trimesh(_sphere(), "cuda")
+    cuda = render_mesh(mesh, Sky(), cameras.to("cuda"), "color", shading)
+    torch.testing.assert_close(cuda.cpu(), cpu, atol=2e-3, rtol=0)
