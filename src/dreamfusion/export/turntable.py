@@ -22,7 +22,7 @@ from torch import Tensor
 from dreamfusion.config import Config
 from dreamfusion.errors import UserError
 from dreamfusion.export.files import atomic_output, check_output
-from dreamfusion.export.write import read_mesh
+from dreamfusion.export.write import FORMATS, read_mesh
 from dreamfusion.fields.base import Background, Field, device_of
 from dreamfusion.render.renderer import RenderOutput, render_views
 from dreamfusion.scene.cameras import Cameras, orbit_cameras, spherical_to_position
@@ -243,7 +243,7 @@ def write_video(frames: np.ndarray, path: Path, fps: int = 30) -> Path:
 
 
 TURNTABLE_SOURCES = ("field", "mesh")
-MESH_SUFFIXES = (".glb", ".obj", ".ply")
+MESH_SUFFIXES = tuple(f".{fmt}" for fmt in FORMATS)  # the files `export` writes
 
 
 def check_turntable_from(source: str) -> None:

@@ -188,7 +188,6 @@ def _render_chunk(
     def place(values: Tensor) -> Tensor:  # (k, ...) -> (r * n, ...) float32, 0 at skipped samples
         return _mask(values, keep) if index is None else _scatter(values, index, r * n)
 
-    evaluated = len(subset)
     if compute_normals and not building_graph:
         # Without a graph to keep, the field runs without autograd at every sample, and the
         # backward pass that normals need (several times the cost of the forward) runs only where
@@ -236,7 +235,7 @@ def _render_chunk(
     else:
         normal = torch.zeros_like(rgb)
     depth = expected_depth(weights, t_mid)  # (r,)
-    return _Chunk(color, alpha, depth, normal, weights, sample_normals, evaluated=evaluated)
+    return _Chunk(color, alpha, depth, normal, weights, sample_normals, evaluated=len(subset))
 
 
 def _cat_optional(tensors: list[Tensor | None]) -> Tensor | None:
