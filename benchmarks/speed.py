@@ -4,6 +4,7 @@
     python benchmarks/speed.py --presets cpu --occupancy on --field-from outputs/red-sphere
     python benchmarks/speed.py --presets cpu --high-noise-model bundled   # with the high-noise expert
     python benchmarks/speed.py --presets default --high-noise-model none   # without it
+    python benchmarks/speed.py --presets default --device cuda --profile 10  # where a step's time goes
 
 Each preset runs `--warmup` untimed steps, then `--steps` timed ones (with the device synchronized
 around each phase), past the albedo-only warm-up so lit renders (which need normals) are included.
@@ -17,6 +18,11 @@ give a long `--warmup`. The grid is refreshed at the first step and every
 `seconds_per_iteration_amortized`. The phase timer synchronizes the device, which keeps the CPU
 from queueing kernels ahead of the GPU; a second pass without it gives the rate training runs at
 (`seconds_per_iteration_unsynchronized`, refreshes included at their cadence).
+
+`--profile N` runs N more unsynchronized steps under torch.profiler and adds, per step: the host's
+wall time, the time the device was busy running kernels (their union), how many kernels were
+launched, and the ops that took most device (or, on a CPU, host) time. A step whose busy time is
+well under its wall time is bound by the host launching kernels, not by the device.
 """
 
 from __future__ import annotations
@@ -37,6 +43,52 @@ from dreamfusion.training.loading import find_checkpoint
 from dreamfusion.training.trainer import Trainer
 
 PHASES = ("render", "guidance", "backward", "optimizer", "occupancy", "interior")
+TOP_OPS = 15
+
+
+def _busy_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of (start, end) intervals: kernels of concurrent streams overlap."""
+    busy, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            busy += end - max(start, reach)
+            reach = end
+    return busy
+
+
+def profile_steps(trainer: Trainer, steps: int) -> dict:
+    """Per-step host wall time, device busy time and kernel count over `steps` steps under
+    torch.profiler, and the ops that took most of the time (device time on CUDA, host on a CPU)."""
+    cuda = trainer.device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if cuda:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+        torch.cuda.synchronize()
+    with torch.profiler.profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step()
+        if cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy = _busy_seconds([(e.time_range.start / 1e6, e.time_range.end / 1e6) for e in kernels])
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    table = sorted(prof.key_averages(), key=lambda a: getattr(a, key), reverse=True)[:TOP_OPS]
+    return {
+        "steps": steps,
+        "wall_seconds_per_step": wall / steps,
+        "device_busy_seconds_per_step": busy / steps if cuda else None,
+        "kernels_per_step": len(kernels) / steps if cuda else None,
+        "top_ops": [
+            {
+                "name": a.key,
+                "calls_per_step": a.count / steps,
+                "seconds_per_step": getattr(a, key) / 1e6 / steps,
+            }
+            for a in table
+        ],
+    }
 
 
 def bench(
@@ -48,6 +100,7 @@ def bench(
     occupancy: str = "preset",
     field_from: Path | None = None,
     high_noise_model: str | None = None,
+    profile: int = 0,
 ) -> dict:
     cfg = resolve_config(preset, guidance=guidance, device=device)
     if high_noise_model is not None:
@@ -103,6 +156,7 @@ def bench(
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         unsynchronized = (time.perf_counter() - start) / steps
+        profiled = profile_steps(trainer, profile) if profile > 0 else None
         trainer.timer.sync = True
         update = None
         if trainer.occupancy is not None:
@@ -132,6 +186,7 @@ def bench(
         "phases_seconds": phases,
         "phases_share": {k: v / max(total, 1e-12) for k, v in phases.items()},
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None,
+        "profile": profiled,
     }
 
 
@@ -159,6 +214,9 @@ def main() -> None:
         help="bundled guidance: a high-noise expert beside the prior ('bundled' for the packaged one, "
         "'none' for the prior alone); default: as the preset says",
     )
+    parser.add_argument(
+        "--profile", type=int, default=0, help="profile this many more steps (device busy time, top ops)"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/speed.json"))
     args = parser.parse_args()
 
@@ -172,6 +230,7 @@ def main() -> None:
             args.occupancy,
             args.field_from,
             args.high_noise_model,
+            args.profile,
         )
         for p in args.presets
     ]
@@ -193,6 +252,24 @@ def main() -> None:
             f"{r['seconds_per_iteration']:8.3f} {r['seconds_per_iteration_amortized']:8.3f} "
             f"{r['seconds_per_iteration_unsynchronized']:8.3f}  {shares}"
         )
+    for r in rows:
+        prof = r["profile"]
+        if prof is None:
+            continue
+        busy = prof["device_busy_seconds_per_step"]
+        print(
+            f"\n{r['preset']} profiled over {prof['steps']} steps: {1e3 * prof['wall_seconds_per_step']:.1f} ms wall"
+            + (
+                ""
+                if busy is None
+                else f", device busy {1e3 * busy:.1f} ms, {prof['kernels_per_step']:.0f} kernels"
+            )
+            + " a step"
+        )
+        for op in prof["top_ops"]:
+            print(
+                f"  {1e3 * op['seconds_per_step']:8.2f} ms  {op['calls_per_step']:7.1f}x  {op['name'][:80]}"
+            )
     print(f"wrote {args.out}")
 
 
