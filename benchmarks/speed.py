@@ -256,20 +256,14 @@ def main() -> None:
         prof = r["profile"]
         if prof is None:
             continue
-        busy = prof["device_busy_seconds_per_step"]
-        print(
-            f"\n{r['preset']} profiled over {prof['steps']} steps: {1e3 * prof['wall_seconds_per_step']:.1f} ms wall"
-            + (
-                ""
-                if busy is None
-                else f", device busy {1e3 * busy:.1f} ms, {prof['kernels_per_step']:.0f} kernels"
-            )
-            + " a step"
-        )
+        busy, wall = prof["device_busy_seconds_per_step"], prof["wall_seconds_per_step"]
+        line = f"\n{r['preset']} profiled over {prof['steps']} steps: {1e3 * wall:.1f} ms wall"
+        if busy is not None:
+            line += f", device busy {1e3 * busy:.1f} ms, {prof['kernels_per_step']:.0f} kernels"
+        print(line + " a step")
         for op in prof["top_ops"]:
-            print(
-                f"  {1e3 * op['seconds_per_step']:8.2f} ms  {op['calls_per_step']:7.1f}x  {op['name'][:80]}"
-            )
+            ms, calls = 1e3 * op["seconds_per_step"], op["calls_per_step"]
+            print(f"  {ms:8.2f} ms  {calls:7.1f}x  {op['name'][:80]}")
     print(f"wrote {args.out}")
 
 
