@@ -7,13 +7,14 @@ process or through Ray.
     python benchmarks/batch_throughput.py --mode ray --preset smoke --steps 2 --device cpu   # a quick check
     python benchmarks/batch_throughput.py --mode ray --runs 8 --gpus-per-run 0.125 --assets --tail here
     python benchmarks/batch_throughput.py --mode ray --runs 8 --gpus-per-run 0.125 --assets \
-        --turntable-from mesh
+        --turntable-from field
 
 The runs train into a fresh temporary folder (or --work DIR), without mesh and turntable unless
 --assets. Writes JSON (runs/hour, wall seconds, each run's training seconds, Ray's start-up
 seconds, each run's start latency and its time in the task outside training; with --assets, the
 mesh and turntable seconds and each stage's share of the summed run time) and prints a table.
---turntable-from mesh rasterizes each run's mesh for its turntable (`batch --turntable-from`).
+Each run's turntable rasterizes its mesh, as `batch` does; --turntable-from field volume-renders
+the field instead.
 --tail says where a run's mesh and turntable are made: in its training task, on its device
 ("here", as `batch` does by default), or in a CPU task of their own ("apart", `--export-task`).
 Start latency counts a run's wait for a free slot; `first_wave_start_s` is that of the runs that
@@ -50,7 +51,7 @@ def main() -> None:
     parser.add_argument(
         "--tail", choices=("here", "apart"), default="here", help="mesh and turntable: training task or own"
     )
-    parser.add_argument("--turntable-from", choices=("field", "mesh"), default="field")
+    parser.add_argument("--turntable-from", choices=("mesh", "field"), default="mesh")
     parser.add_argument("--work", type=Path, default=None, help="run folders (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=None, help="JSON (default benchmarks/results/...)")
     args = parser.parse_args()

@@ -129,15 +129,15 @@ def generate(
     progress: bool | None = None,
     export_mesh: bool = True,
     turntable: bool = True,
-    turntable_from: str = "field",
+    turntable_from: str = "mesh",
     view: bool = False,
     view_port: int = 8080,
 ) -> GenerateResult:
     """Turn a sentence into a trained 3D field. Raises UserError on bad input, before writing anything.
 
     After training, the mesh (RUN/mesh.glb) and a turntable (RUN/turntable.mp4) are written
-    unless `export_mesh` / `turntable` is False; `turntable_from` "mesh" rasterizes the mesh for the
-    turntable instead of volume-rendering the field; `view` serves the field live on `view_port`.
+    unless `export_mesh` / `turntable` is False; the turntable rasterizes that mesh, or volume-renders
+    the field with `turntable_from` "field" (and without a mesh); `view` serves the field live on `view_port`.
     `guidance`, `model`, `preset`, `steps`, `seed` and `device` are the command line's choices;
     `overrides` sets any other field by its dotted name, e.g. {"sds.guidance_scale": 100, "optim.lr": 5e-3}.
     """

@@ -114,9 +114,9 @@ class Generate:
     """Export RUN/mesh.glb at the end."""
     video: bool = True
     """Render RUN/turntable.mp4 at the end."""
-    turntable_from: str = "field"
-    """field | mesh: the turntable is a volume render of the field, or the exported mesh rasterized
-    (the asset as downloaded, a small share of the field's render time)."""
+    turntable_from: str = "mesh"
+    """mesh | field: the turntable is the exported mesh rasterized (the asset as downloaded, a small
+    share of the field's render time), or a volume render of the field; without a mesh, the field."""
     view: bool = False
     """Serve a live web viewer of the field as it trains."""
     port: int = 8080

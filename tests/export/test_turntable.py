@@ -171,19 +171,22 @@ def test_assets_fall_back_to_a_gif_without_ffmpeg_and_time_each_stage(monkeypatc
     assert set(assets.seconds) == {"mesh", "video"} and all(s > 0 for s in assets.seconds.values())
 
 
-def test_assets_can_take_the_turntable_from_the_mesh(tmp_path):
-    """turntable_from="mesh": the video shows the mesh just written, rasterized; the sphere's
-    silhouette and color are the volume render's (but for the field's soft edge)."""
+def test_assets_take_the_turntable_from_the_mesh_unless_told_otherwise(tmp_path):
+    """By default the video shows the mesh just written, rasterized; the sphere's silhouette and
+    color are the volume render's (turntable_from="field"), but for the field's soft edge; without a
+    mesh the field is rendered."""
     from dreamfusion.export.assets import asset_options, write_assets
 
     field, background = SphereField(RADIUS, COLOR, BOUND), ConstantBackground((1.0, 1.0, 1.0))
     config = tiny_config(steps=2)
-    (tmp_path / "field").mkdir()
-    (tmp_path / "mesh").mkdir()
+    for name in ("field", "mesh", "no-mesh"):
+        (tmp_path / name).mkdir()
     from_field = write_assets(tmp_path / "field", field, background, config, turntable_from="field")
-    from_mesh = write_assets(tmp_path / "mesh", field, background, config, turntable_from="mesh")
-    assert from_mesh.mesh is not None and from_mesh.video is not None
+    from_mesh = write_assets(tmp_path / "mesh", field, background, config)
+    without_mesh = write_assets(tmp_path / "no-mesh", field, background, config, mesh=False)
+    assert from_mesh.mesh is not None and from_mesh.video is not None and without_mesh.mesh is None
     frames = [np.stack(list(imageio.mimread(a.video))).astype(float) for a in (from_field, from_mesh)]
+    assert np.array_equal(np.stack(list(imageio.mimread(without_mesh.video))), frames[0])
     options = asset_options(config)[1]
     assert frames[1].shape == frames[0].shape == (options.frames, options.size, options.size, 3)
     covered = [(f < 250).any(-1) for f in frames]  # not the white background

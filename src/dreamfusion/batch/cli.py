@@ -50,9 +50,9 @@ class Batch:
     """Export RUN/mesh.glb."""
     video: bool = True
     """Render RUN/turntable.mp4."""
-    turntable_from: str = "field"
-    """field | mesh: the turntable is a volume render of the field, or the exported mesh rasterized
-    (the asset as downloaded, a small share of the field's render time)."""
+    turntable_from: str = "mesh"
+    """mesh | field: the turntable is the exported mesh rasterized (the asset as downloaded, a small
+    share of the field's render time), or a volume render of the field; without a mesh, the field."""
     quiet: bool = False
     """No progress bar."""
     config: Sections = dataclasses.field(default_factory=Config)

@@ -60,7 +60,7 @@ def generate_many(
     cpus_per_run: float | None = 1,
     export_mesh: bool = True,
     turntable: bool = True,
-    turntable_from: str = "field",
+    turntable_from: str = "mesh",
     export_task_on_cpu: bool = False,
     max_retries: int = 3,
     parallel: bool = True,

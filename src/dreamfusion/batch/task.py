@@ -39,8 +39,8 @@ class RunJob:
     turntable: bool
     tail_here: bool
     """Export the mesh and turntable in this task; else the driver gives them a task of their own."""
-    turntable_from: str = "field"
-    """The turntable's source: "field" or "mesh" (`export.assets.write_assets`)."""
+    turntable_from: str = "mesh"
+    """The turntable's source: "mesh" or "field" (`export.assets.write_assets`)."""
 
     @property
     def run_dir(self) -> Path:

@@ -63,12 +63,13 @@ def write_assets(
     config: Config,
     mesh: bool = True,
     video: bool = True,
-    turntable_from: str = "field",
+    turntable_from: str = "mesh",
 ) -> Assets:
     """Export the mesh and the turntable into `run_dir`; a failure is logged, never raised.
 
-    `turntable_from` "mesh" rasterizes the mesh just written (the asset as downloaded, far
-    cheaper than a volume render of the field); without a mesh the field is rendered.
+    The turntable rasterizes the mesh just written (`turntable_from` "mesh": the asset as
+    downloaded, far cheaper than a volume render of the field); with "field", or without a mesh,
+    the field is volume-rendered.
 
     Training has already succeeded and its checkpoint is saved, so an asset that cannot be made
     (an empty field, say) must not turn the run into an error: `dreamfusion export` and
