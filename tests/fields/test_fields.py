@@ -232,7 +232,7 @@ def test_hashed_indices_stay_in_range_and_collide():
     table_size, resolution = 4096, 64  # 65^3 vertices into 4096 rows
     points = torch.rand(20000, 3, generator=torch.Generator().manual_seed(7))
     index, _ = trilinear_corners(points, [resolution], table_size)
-    assert index.dtype == torch.int64
+    assert index.dtype == torch.int32
     assert index.min() >= 0 and index.max() < table_size
     lower = (points * resolution).floor().long()
     distinct_vertices = torch.unique(lower, dim=0).shape[0]  # a lower bound on vertices touched
@@ -240,6 +240,30 @@ def test_hashed_indices_stay_in_range_and_collide():
     # Dense levels index the (r+1)^3 array and never collide.
     index, _ = trilinear_corners(points, [8], table_size)
     assert index.min() >= 0 and index.max() < 9**3
+
+
+@pytest.mark.parametrize(
+    ("resolutions", "log2_size"), [((4, 8, 16, 64), 12), ((16, 256, 1024), 19)]
+)  # dense and hashed levels; the finest has coordinates whose prime products need 64 bits
+def test_corner_rows_are_the_definitions(resolutions, log2_size):
+    """Every level's 8 rows are the dense stride sum or the XOR hash of the cell's corners, worked
+    out here in Python's integers, and the weights are the trilinear ones."""
+    table_size = 2**log2_size
+    points = torch.rand(200, 3, generator=torch.Generator().manual_seed(11))
+    points[:8] = torch.tensor([[x, y, z] for x in (0.0, 1.0) for y in (0.0, 1.0) for z in (0.0, 1.0)])
+    index, weights = trilinear_corners(points, list(resolutions), table_size)
+    assert index.shape == weights.shape == (200, len(resolutions), 8)
+    for level, resolution in enumerate(resolutions):
+        pos = points.double() * resolution
+        lower = pos.floor().clamp(0, resolution - 1)
+        frac = (pos - lower).tolist()
+        for n, cell in enumerate(lower.long().tolist()):
+            for k, (dx, dy, dz) in enumerate((a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)):
+                vertex = (cell[0] + dx, cell[1] + dy, cell[2] + dz)
+                assert int(index[n, level, k]) == vertex_row(vertex, resolution, table_size)
+                fx, fy, fz = frac[n]
+                expected = (fx if dx else 1 - fx) * (fy if dy else 1 - fy) * (fz if dz else 1 - fz)
+                assert abs(float(weights[n, level, k]) - expected) < 1e-5
 
 
 def test_hashgrid_far_outside_points_are_finite():

@@ -42,8 +42,8 @@ def is_hashed(resolution: int, table_size: int) -> bool:
 def _level_constants(
     resolutions: tuple[int, ...], table_size: int, device: torch.device
 ) -> tuple[Tensor, Tensor, Tensor, int]:
-    """Resolutions (L, 1) as floats, dense levels' index strides (Ld, 3), the hash primes (3, 1) and
-    Ld, made once per device.
+    """Resolutions (L, 1) as floats, dense levels' index strides (Ld, 3, 1) int32, the hash primes
+    (3, 1) int64 and Ld, made once per device.
 
     The coarse levels whose (r+1)^3 vertices fit the table come first (resolutions ascend): they
     index a dense array by strides; the finer ones hash. Made here rather than in each call: a
@@ -51,7 +51,7 @@ def _level_constants(
     work (the CPU stops queueing ahead) and cannot be captured in a CUDA graph.
     """
     dense = [r for r in resolutions if not is_hashed(r, table_size)]
-    strides = torch.tensor([(1, r + 1, (r + 1) ** 2) for r in dense], dtype=torch.long).reshape(-1, 3)
+    strides = torch.tensor([(1, r + 1, (r + 1) ** 2) for r in dense], dtype=torch.int32).reshape(-1, 3, 1)
     res = torch.tensor(resolutions, dtype=torch.float32)[:, None]
     primes = torch.tensor(HASH_PRIMES, dtype=torch.long)[:, None]
     return res.to(device), strides.to(device), primes.to(device), len(dense)
@@ -63,7 +63,7 @@ def trilinear_corners(
     """Table rows and trilinear weights of the 8 cell corners around each point, at every level.
 
     unit_points (N, 3) in [0, 1]^3 and L ascending resolutions -> indices (N, L, 8)
-    int64, level l's in [0, its table size), and weights (N, L, 8) that sum to 1 over the
+    int32, level l's in [0, its table size), and weights (N, L, 8) that sum to 1 over the
     corners, corner k = 4 dx + 2 dy + dz for offsets d in {0, 1}. The weights carry the gradient
     with respect to the points; the indices are constant. All levels at once, a few dozen kernels
     whatever L: on a GPU, a loop over levels spends its time launching them.
@@ -73,19 +73,21 @@ def trilinear_corners(
     # A point on the far face (pos = resolution) belongs to the last cell, with fraction 1.
     lower = torch.minimum(pos.detach().floor().clamp_min(0), res - 1)
     frac = pos - lower  # (N, L, 3) in [0, 1]
-    corner = lower.long()[..., None] + torch.arange(2, device=lower.device)  # (N, L, 3, 2)
-    # Dense levels sum their strided coordinates; hashed ones XOR the prime-scaled coordinates
-    # and keep the low bits (table_size is a power of two).
-    d = corner[:, :dense] * strides[..., None]
-    h = corner[:, dense:] * primes
-    index = torch.cat(
-        (
-            d[:, :, 0, :, None, None] + d[:, :, 1, None, :, None] + d[:, :, 2, None, None, :],
-            (h[:, :, 0, :, None, None] ^ h[:, :, 1, None, :, None] ^ h[:, :, 2, None, None, :])
-            & (table_size - 1),
-        ),
-        dim=1,
-    )  # (N, L, 2, 2, 2)
+    corner = lower.int()[..., None] + torch.arange(2, dtype=torch.int32, device=lower.device)  # (N, L, 3, 2)
+    # Every level's rows are written into one int32 array in place: the indices are the largest
+    # tensors of the encoding, and building them in int64, then concatenating, moves several times
+    # the bytes. Dense levels sum their strided coordinates (below 2^31); hashed ones XOR the
+    # prime-scaled coordinates and keep the low bits (table_size is a power of two). The products
+    # with the primes need int64; masking each before the XOR keeps the same bits, and fits int32.
+    index = torch.empty(len(unit_points), len(resolutions), 2, 2, 2, dtype=torch.int32, device=lower.device)
+    d = corner[:, :dense] * strides
+    torch.add(
+        d[:, :, 0, :, None, None] + d[:, :, 1, None, :, None], d[:, :, 2, None, None, :], out=index[:, :dense]
+    )
+    h = ((corner[:, dense:] * primes) & (table_size - 1)).int()
+    torch.bitwise_xor(
+        h[:, :, 0, :, None, None] ^ h[:, :, 1, None, :, None], h[:, :, 2, None, None, :], out=index[:, dense:]
+    )
     # Products of (N, L) columns rather than one broadcast (N, L, 2, 2, 2) product: on CPU this
     # halves the cost of the double backward that normals need.
     fx, fy, fz = frac.unbind(-1)
@@ -162,7 +164,11 @@ class HashEncoding(nn.Module):
         rows = [t.shape[0] for t in self.tables]
         self.levels_per_gather: int | None = None  # None: all on CUDA, corner-major on CPU (see forward)
         # A buffer, so it follows the module to its device; not saved (the config rebuilds it).
-        self.register_buffer("level_offsets", torch.tensor([0, *rows[:-1]]).cumsum(0), persistent=False)
+        # int32 rows halve the traffic of the gather's indices, unless the tables end to end are too long.
+        rows_dtype = torch.int32 if sum(rows) < 2**31 else torch.int64
+        self.register_buffer(
+            "level_offsets", torch.tensor([0, *rows[:-1]]).cumsum(0).to(rows_dtype), persistent=False
+        )
 
     def forward(self, unit_points: Tensor) -> Tensor:
         if unit_points.device.type == "cpu" and self.levels_per_gather is None:
@@ -190,7 +196,8 @@ class HashEncoding(nn.Module):
                     # hands each level's table its slice of the gradient.
                     table = torch.cat([self.tables[level] for level in levels])
                     offsets = self.level_offsets[levels.start : levels.stop] - self.level_offsets[first]
-                    index = index + offsets[:, None]
+                    index = index.to(offsets.dtype)
+                    index += offsets[:, None]
                 corners = table.index_select(0, index.reshape(-1)).view(n * len(levels), 8, -1)
                 weights = weights.reshape(n * len(levels), 8)
                 if corners.is_cuda:
