@@ -30,16 +30,14 @@ def _speed_row(what: str) -> list[float]:
 
 
 def _fidelity_figures() -> list[str]:
-    report = _json("fidelity_v2_h100.json")
+    report = _json("fidelity_v2.json")
     s = report["summary"]
-    red_cube = next(r for r in report["runs"] if r["name"] == "cube-red-s0")
+    assert report["complete"] and s["runs"] == report["runs_total"]
     return [
         f"{s['primitives']['mean_iou']:.3f}",
         f"{s['primitives']['shape_correct']}/{s['primitives']['runs']}",
         f"{s['color_nearest']}/{s['runs']}",
         f"{s['front_right']}/{s['fronted_runs']}",
-        f"{red_cube['train_seconds']:.1f} s",
-        f"{red_cube['iou']:.3f}",
     ]
 
 
@@ -85,6 +83,8 @@ def _asset_figures() -> list[str]:
     asset = _json("asset_gpu.json")
     return [
         f"{asset['lone_asset']['end_to_end_s']:.1f} s end to end",
+        f"{asset['lone_asset']['run_folder_to_final_checkpoint_s']:.1f} s of it training",
+        f"{asset['lone_asset']['run_folder_bytes'] / 1e6:.1f} MB run folder",
         f"{round(asset['throughput']['assets_per_hour'])} assets an hour",
     ]
 
