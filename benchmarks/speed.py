@@ -5,6 +5,7 @@
     python benchmarks/speed.py --presets cpu --high-noise-model bundled   # with the high-noise expert
     python benchmarks/speed.py --presets default --high-noise-model none   # without it
     python benchmarks/speed.py --presets default --device cuda --profile 10  # where a step's time goes
+    python benchmarks/speed.py --presets default --device cuda --hash-kernel triton  # fused hash grid
 
 Each preset runs `--warmup` untimed steps, then `--steps` timed ones (with the device synchronized
 around each phase), past the albedo-only warm-up so lit renders (which need normals) are included.
@@ -101,8 +102,11 @@ def bench(
     field_from: Path | None = None,
     high_noise_model: str | None = None,
     profile: int = 0,
+    hash_kernel: str | None = None,
 ) -> dict:
     cfg = resolve_config(preset, guidance=guidance, device=device)
+    if hash_kernel is not None:
+        cfg = dataclasses.replace(cfg, field=dataclasses.replace(cfg.field, hash_kernel=hash_kernel))
     if high_noise_model is not None:
         expert = None if high_noise_model == "none" else high_noise_model
         cfg = dataclasses.replace(cfg, guidance=dataclasses.replace(cfg.guidance, high_noise_model=expert))
@@ -176,6 +180,7 @@ def bench(
         "samples_per_ray": cfg.render.samples_per_ray,
         "batch_size": cfg.train.batch_size,
         "field": cfg.field.kind,
+        "hash_kernel": cfg.field.hash_kernel,
         "field_from": str(field_from) if field_from is not None else None,
         "occupancy_grid": cfg.render.occupancy_grid,
         "samples_evaluated_share": sum(evaluated) / steps if None not in evaluated else None,
@@ -215,6 +220,12 @@ def main() -> None:
         "'none' for the prior alone); default: as the preset says",
     )
     parser.add_argument(
+        "--hash-kernel",
+        choices=("torch", "triton"),
+        default=None,
+        help="the hash grid's encoding (default: preset's)",
+    )
+    parser.add_argument(
         "--profile", type=int, default=0, help="profile this many more steps (device busy time, top ops)"
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/speed.json"))
@@ -231,6 +242,7 @@ def main() -> None:
             args.field_from,
             args.high_noise_model,
             args.profile,
+            args.hash_kernel,
         )
         for p in args.presets
     ]

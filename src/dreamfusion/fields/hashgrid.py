@@ -10,7 +10,9 @@ it densely (no collisions); finer ones hash the vertex coordinates into the tabl
 from __future__ import annotations
 
 import functools
+import logging
 import math
+import os
 from collections.abc import Sequence
 
 import torch
@@ -18,6 +20,8 @@ from torch import Tensor, nn
 
 from dreamfusion.fields.base import FieldConfig
 from dreamfusion.fields.mlp import finish_density, hidden_layers, make_density_head
+
+log = logging.getLogger(__name__)
 
 # Instant-NGP's spatial-hash primes. Products fit int64 (coordinates stay below 2^21) and only
 # the low log2(T) bits survive the mask, which equal those of uint32 wrap-around arithmetic.
@@ -281,13 +285,69 @@ class HashGridField(nn.Module):
         width = cfg.hash_mlp_width if cfg.hash_mlp_depth > 0 else self.encoding.out_dim
         self.density_head = make_density_head(width)
         self.albedo_head = nn.Linear(width, 3)
+        self._constants: dict[torch.device, tuple] = {}
+        self._warned = False
 
     def _features(self, points: Tensor) -> Tensor:
         """(N, 3) world points -> (N, hash_mlp_width) hidden features."""
         # The cube [-R, R]^3 maps to [0, 1]^3; the clamp only matters outside the sphere,
         # where the density is masked to zero anyway.
         unit = (points / (2.0 * self.bound_radius) + 0.5).clamp(0.0, 1.0)
+        if not points.requires_grad and self._fused(points):  # the fused kernel has no point gradient
+            return self.trunk(self._encode_fused(unit.detach(), jacobian=False))
         return self.trunk(self.encoding(unit))
+
+    def forward_with_normals(
+        self, points: Tensor, create_graph: bool
+    ) -> tuple[Tensor, Tensor, Tensor] | None:
+        """(N, 3) -> density (N,), albedo (N, 3) and normals (N, 3) from the fused Triton encoding,
+        whose closed-form Jacobian carries the normals through the encoding; None where that path
+        does not run (`hash_kernel` "torch", a CPU, no Triton), and the caller differentiates the
+        density itself. `create_graph` keeps the normals differentiable (training)."""
+        if not self._fused(points):
+            return None
+        scale = 1.0 / (2.0 * self.bound_radius)
+        x = points.detach().float()
+        shifted = x * scale + 0.5
+        feat, jac = self._encode_fused(shifted.clamp(0.0, 1.0), jacobian=True)
+        with torch.enable_grad():
+            if not feat.requires_grad:  # no graph to the tables (previews): the normals still need one
+                feat = feat.detach().requires_grad_(True)
+            x = x.requires_grad_(True)  # the blob and the bound depend on the point itself
+            h = self.trunk(feat)
+            density = finish_density(x, self.density_head(h)[:, 0], self.cfg)
+            albedo = torch.sigmoid(self.albedo_head(h))
+            grad_feat, grad_x = torch.autograd.grad(density.sum(), (feat, x), create_graph=create_graph)
+        # d unit / d point: the scale inside the cube, 0 where the clamp holds the point on its face.
+        slope = ((shifted >= 0.0) & (shifted <= 1.0)).float() * scale
+        grad = grad_x + (grad_feat[:, :, None] * jac).sum(1) * slope
+        norm = torch.sqrt((grad * grad).sum(-1, keepdim=True).clamp(min=1e-20))
+        return density, albedo, -grad / norm
+
+    def _encode_fused(self, unit: Tensor, jacobian: bool):
+        """`FusedHashEncode` of unit points: features, and with `jacobian` their derivative."""
+        from dreamfusion.fields.hashgrid_triton import FusedHashEncode, level_constants
+
+        encoding = self.encoding
+        constants = self._constants.get(unit.device)
+        if constants is None:
+            rows = [t.shape[0] for t in encoding.tables]
+            constants = level_constants(encoding.resolutions, rows, encoding.table_size, unit.device)
+            self._constants[unit.device] = constants
+        table = torch.cat(list(encoding.tables))
+        return FusedHashEncode.apply(unit, table, constants, encoding.table_size, jacobian)
+
+    def _fused(self, points: Tensor) -> bool:
+        if self.cfg.hash_kernel != "triton":
+            return False
+        from dreamfusion.fields.hashgrid_triton import triton_available
+
+        if not triton_available():
+            if not self._warned:
+                log.warning("Triton not found: the hash grid runs its PyTorch path (pip install triton)")
+                self._warned = True
+            return False
+        return points.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
     def forward(self, points: Tensor) -> tuple[Tensor, Tensor]:
         """(N, 3) -> density (N,) >= 0, albedo (N, 3) in [0, 1]."""

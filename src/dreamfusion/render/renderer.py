@@ -143,6 +143,13 @@ def _reached(field: Field, flat: Tensor, keep: Tensor, deltas: Tensor, min_trans
     return keep & (before <= -math.log(min_transmittance)).reshape(-1)
 
 
+def _fused_normals(field: Field, points: Tensor, create_graph: bool) -> tuple[Tensor, Tensor, Tensor] | None:
+    """A field's density, albedo and normals in one pass where it has such a path (the hash grid's
+    fused kernels); None, and the renderer differentiates the density itself, where not."""
+    fused = getattr(field, "forward_with_normals", None)
+    return fused(points, create_graph) if fused is not None else None
+
+
 def _render_chunk(
     field: Field,
     background: Background,
@@ -198,21 +205,31 @@ def _render_chunk(
         density, albedo = place(density).reshape(r, n), place(albedo).reshape(r, n, 3)
         weights, _, _ = compute_weights(density, deltas)
         seen = ((weights > 0) & (weights >= NORMALS_DROPPED_WEIGHT / n)).reshape(-1).nonzero()[:, 0]
-        with torch.enable_grad():
-            at = flat.index_select(0, seen).detach().requires_grad_(True)
-            normals = normals_from_density(field.density(at), at, create_graph=False)
+        at = flat.index_select(0, seen).detach()
+        fused = _fused_normals(field, at, create_graph=False)
+        if fused is not None:
+            normals = fused[2]
+        else:
+            with torch.enable_grad():
+                at = at.requires_grad_(True)
+                normals = normals_from_density(field.density(at), at, create_graph=False)
         sample_normals = _scatter(normals.detach(), seen, r * n).reshape(r, n, 3)
     else:
         # Normals are the gradient of density w.r.t. the points, kept as a graph (create_graph)
         # so the orientation loss can reach the geometry during training.
-        with torch.enable_grad() if compute_normals else contextlib.nullcontext():
-            if compute_normals:
-                subset = subset.detach().requires_grad_(True)
-            density, albedo = field(subset)
+        fused = _fused_normals(field, subset, create_graph=building_graph) if compute_normals else None
+        if fused is not None:
+            density, albedo, sample_normals = fused
             _check_field_output(density, albedo, len(subset))
-            sample_normals = None
-            if compute_normals:
-                sample_normals = normals_from_density(density, subset, create_graph=building_graph)
+        else:
+            with torch.enable_grad() if compute_normals else contextlib.nullcontext():
+                if compute_normals:
+                    subset = subset.detach().requires_grad_(True)
+                density, albedo = field(subset)
+                _check_field_output(density, albedo, len(subset))
+                sample_normals = None
+                if compute_normals:
+                    sample_normals = normals_from_density(density, subset, create_graph=building_graph)
         if not building_graph:
             density, albedo = density.detach(), albedo.detach()
         density = place(density).reshape(r, n)

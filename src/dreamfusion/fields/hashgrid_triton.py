@@ -1,0 +1,99 @@
+"""The hash encoding as two fused Triton kernels, with its spatial Jacobian in closed form.
+
+`HashEncoding` in plain PyTorch builds (points x levels x 8 corners) intermediates, and normals (a
+gradient of the density) need a double backward through all of them. Here one kernel reads each
+point's 8 corners per level and writes the features and their derivative with respect to the
+point (the trilinear weights' derivatives are products of two 1-D weights); a second scatters the
+gradients of both into the tables. Normals then need a double backward through the small MLP
+only (`HashGridField` with `hash_kernel="triton"`).
+
+Triton ships with PyTorch's CUDA wheels; nothing is compiled at install time. Under
+`TRITON_INTERPRET=1` the kernels run on CPU tensors, which is how the tests check them on a
+machine without a GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from dreamfusion.fields.hashgrid import is_hashed
+
+BLOCK = 128
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _kernels():
+    """Imported on first use, so that importing this module needs no Triton."""
+    from dreamfusion.fields import hashgrid_kernels
+
+    return hashgrid_kernels.forward, hashgrid_kernels.backward
+
+
+def level_constants(resolutions: Sequence[int], rows: Sequence[int], table_size: int, device) -> tuple:
+    """Per level: resolution (float32), first row in the tables end to end (int64), hashed (int32)."""
+    offsets = [0]
+    for count in rows[:-1]:
+        offsets.append(offsets[-1] + count)
+    return (
+        torch.tensor(resolutions, dtype=torch.float32, device=device),
+        torch.tensor(offsets, dtype=torch.int64, device=device),
+        torch.tensor([int(is_hashed(r, table_size)) for r in resolutions], dtype=torch.int32, device=device),
+    )
+
+
+class FusedHashEncode(torch.autograd.Function):
+    """(N, 3) unit points and the (R, F) tables end to end -> features (N, L F), level-major as
+    `HashEncoding`'s, and with `jacobian` their derivative w.r.t. the unit point (N, L F, 3).
+
+    Differentiable w.r.t. the tables, through both outputs. Not w.r.t. the points: their
+    derivative is the Jacobian output itself.
+    """
+
+    @staticmethod
+    def forward(ctx, unit: Tensor, table: Tensor, constants: tuple, table_size: int, jacobian: bool):
+        if unit.requires_grad:
+            raise ValueError("FusedHashEncode has no gradient w.r.t. the points: use its Jacobian output")
+        forward_kernel, _ = _kernels()
+        res, offsets, hashed = constants
+        n, levels, features = len(unit), len(res), table.shape[1]
+        unit, table = unit.float().contiguous(), table.float().contiguous()
+        feat = unit.new_empty(n, levels * features)
+        jac = unit.new_empty(n, levels * features, 3) if jacobian else feat
+        fp = 1 << max(features - 1, 0).bit_length()
+        grid = ((n + BLOCK - 1) // BLOCK,)
+        forward_kernel[grid](
+            unit, table, res, offsets, hashed, feat, jac, n, levels, table_size - 1,
+            F=features, FP=fp, BLOCK=BLOCK, JAC=jacobian,
+        )  # fmt: skip
+        ctx.save_for_backward(unit)
+        ctx.constants, ctx.table_size, ctx.shape = constants, table_size, table.shape
+        return (feat, jac) if jacobian else feat
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_feat: Tensor, grad_jac: Tensor | None = None):
+        _, backward_kernel = _kernels()
+        (unit,) = ctx.saved_tensors
+        res, offsets, hashed = ctx.constants
+        n, levels, features = len(unit), len(res), ctx.shape[1]
+        with_jac = grad_jac is not None
+        grad_table = torch.zeros(ctx.shape, dtype=torch.float32, device=unit.device)
+        grad_feat = grad_feat.float().contiguous()
+        grad_jac = grad_jac.float().contiguous() if with_jac else grad_feat
+        fp = 1 << max(features - 1, 0).bit_length()
+        grid = ((n + BLOCK - 1) // BLOCK,)
+        backward_kernel[grid](
+            unit, res, offsets, hashed, grad_feat, grad_jac, grad_table, n, levels, ctx.table_size - 1,
+            F=features, FP=fp, BLOCK=BLOCK, JAC=with_jac,
+        )  # fmt: skip
+        return None, grad_table, None, None, None
