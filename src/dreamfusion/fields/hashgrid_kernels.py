@@ -26,47 +26,62 @@ def row(ix, iy, iz, side, hashed, mask):
 
 
 @triton.jit
+def corner_of(ux, uy, uz, r, side, offset, hashed, mask, k: tl.constexpr):
+    """Corner k = 4 dx + 2 dy + dz of each point's cell: its row in the tables end to end, its
+    trilinear weight, and that weight's derivative along x, y and z."""
+    ix, wx, dx = corner(ux, r, (k >> 2) & 1)
+    iy, wy, dy = corner(uy, r, (k >> 1) & 1)
+    iz, wz, dz = corner(uz, r, k & 1)
+    index = offset + row(ix, iy, iz, side, hashed, mask)
+    return index, (wx * wy) * wz, dx * wy * wz, wx * dy * wz, wx * wy * dz
+
+
+@triton.jit
+def block_of(u_ptr, n, F: tl.constexpr, FP: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's points, their unit coordinates, the feature lanes and the (point, lane) mask."""
+    points = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    valid = points < n
+    f = tl.arange(0, FP)
+    ux = tl.load(u_ptr + points * 3 + 0, mask=valid, other=0.0)
+    uy = tl.load(u_ptr + points * 3 + 1, mask=valid, other=0.0)
+    uz = tl.load(u_ptr + points * 3 + 2, mask=valid, other=0.0)
+    return points, f, valid[:, None] & (f < F)[None, :], ux, uy, uz
+
+
+@triton.jit
+def level_of(res_ptr, offset_ptr, hashed_ptr, level):
+    """A level's resolution, first row, whether it hashes, and its vertices per side."""
+    r = tl.load(res_ptr + level)
+    return r, tl.load(offset_ptr + level), tl.load(hashed_ptr + level), r.to(tl.int64) + 1
+
+
+@triton.jit
 def forward(
     u_ptr, table_ptr, res_ptr, offset_ptr, hashed_ptr, feat_ptr, jac_ptr,
     n, levels, mask,
     F: tl.constexpr, FP: tl.constexpr, BLOCK: tl.constexpr, JAC: tl.constexpr,
 ):  # fmt: skip
-    points = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    valid = points < n
-    f = tl.arange(0, FP)
-    fvalid = f < F
-    both = valid[:, None] & fvalid[None, :]
-    ux = tl.load(u_ptr + points * 3 + 0, mask=valid, other=0.0)
-    uy = tl.load(u_ptr + points * 3 + 1, mask=valid, other=0.0)
-    uz = tl.load(u_ptr + points * 3 + 2, mask=valid, other=0.0)
-    width = levels * F
+    points, f, both, ux, uy, uz = block_of(u_ptr, n, F, FP, BLOCK)
     for level in range(levels):
-        r = tl.load(res_ptr + level)
-        offset = tl.load(offset_ptr + level)
-        hashed = tl.load(hashed_ptr + level)
-        side = r.to(tl.int64) + 1
+        r, offset, hashed, side = level_of(res_ptr, offset_ptr, hashed_ptr, level)
         acc = tl.zeros((BLOCK, FP), dtype=tl.float32)
         jx = tl.zeros((BLOCK, FP), dtype=tl.float32)
         jy = tl.zeros((BLOCK, FP), dtype=tl.float32)
         jz = tl.zeros((BLOCK, FP), dtype=tl.float32)
         for k in tl.static_range(8):
-            ix, wx, dx = corner(ux, r, (k >> 2) & 1)
-            iy, wy, dy = corner(uy, r, (k >> 1) & 1)
-            iz, wz, dz = corner(uz, r, k & 1)
-            index = offset + row(ix, iy, iz, side, hashed, mask)
+            index, w, wdx, wdy, wdz = corner_of(ux, uy, uz, r, side, offset, hashed, mask, k)
             values = tl.load(table_ptr + index[:, None] * F + f[None, :], mask=both, other=0.0)
-            acc += ((wx * wy) * wz)[:, None] * values
+            acc += w[:, None] * values
             if JAC:
-                jx += (dx * wy * wz)[:, None] * values
-                jy += (wx * dy * wz)[:, None] * values
-                jz += (wx * wy * dz)[:, None] * values
-        column = level * F + f[None, :]
-        tl.store(feat_ptr + points[:, None] * width + column, acc, mask=both)
+                jx += wdx[:, None] * values
+                jy += wdy[:, None] * values
+                jz += wdz[:, None] * values
+        at = points[:, None] * (levels * F) + level * F + f[None, :]
+        tl.store(feat_ptr + at, acc, mask=both)
         if JAC:
-            at = jac_ptr + (points[:, None] * width + column) * 3
-            tl.store(at + 0, jx, mask=both)
-            tl.store(at + 1, jy, mask=both)
-            tl.store(at + 2, jz, mask=both)
+            tl.store(jac_ptr + at * 3 + 0, jx, mask=both)
+            tl.store(jac_ptr + at * 3 + 1, jy, mask=both)
+            tl.store(jac_ptr + at * 3 + 2, jz, mask=both)
 
 
 @triton.jit
@@ -75,34 +90,18 @@ def backward(
     n, levels, mask,
     F: tl.constexpr, FP: tl.constexpr, BLOCK: tl.constexpr, JAC: tl.constexpr,
 ):  # fmt: skip
-    points = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    valid = points < n
-    f = tl.arange(0, FP)
-    fvalid = f < F
-    both = valid[:, None] & fvalid[None, :]
-    ux = tl.load(u_ptr + points * 3 + 0, mask=valid, other=0.0)
-    uy = tl.load(u_ptr + points * 3 + 1, mask=valid, other=0.0)
-    uz = tl.load(u_ptr + points * 3 + 2, mask=valid, other=0.0)
-    width = levels * F
+    points, f, both, ux, uy, uz = block_of(u_ptr, n, F, FP, BLOCK)
     for level in range(levels):
-        r = tl.load(res_ptr + level)
-        offset = tl.load(offset_ptr + level)
-        hashed = tl.load(hashed_ptr + level)
-        side = r.to(tl.int64) + 1
-        column = level * F + f[None, :]
-        gf = tl.load(gfeat_ptr + points[:, None] * width + column, mask=both, other=0.0)
+        r, offset, hashed, side = level_of(res_ptr, offset_ptr, hashed_ptr, level)
+        at = points[:, None] * (levels * F) + level * F + f[None, :]
+        gf = tl.load(gfeat_ptr + at, mask=both, other=0.0)
         if JAC:
-            at = gjac_ptr + (points[:, None] * width + column) * 3
-            gx = tl.load(at + 0, mask=both, other=0.0)
-            gy = tl.load(at + 1, mask=both, other=0.0)
-            gz = tl.load(at + 2, mask=both, other=0.0)
+            gx = tl.load(gjac_ptr + at * 3 + 0, mask=both, other=0.0)
+            gy = tl.load(gjac_ptr + at * 3 + 1, mask=both, other=0.0)
+            gz = tl.load(gjac_ptr + at * 3 + 2, mask=both, other=0.0)
         for k in tl.static_range(8):
-            ix, wx, dx = corner(ux, r, (k >> 2) & 1)
-            iy, wy, dy = corner(uy, r, (k >> 1) & 1)
-            iz, wz, dz = corner(uz, r, k & 1)
-            index = offset + row(ix, iy, iz, side, hashed, mask)
-            grad = ((wx * wy) * wz)[:, None] * gf
+            index, w, wdx, wdy, wdz = corner_of(ux, uy, uz, r, side, offset, hashed, mask, k)
+            grad = w[:, None] * gf
             if JAC:
-                grad += (dx * wy * wz)[:, None] * gx + (wx * dy * wz)[:, None] * gy
-                grad += (wx * wy * dz)[:, None] * gz
+                grad += wdx[:, None] * gx + wdy[:, None] * gy + wdz[:, None] * gz
             tl.atomic_add(gtable_ptr + index[:, None] * F + f[None, :], grad, mask=both)
