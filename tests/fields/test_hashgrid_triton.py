@@ -20,7 +20,7 @@ pytest.importorskip("triton", reason="Triton is not installed: the fused encodin
 from dreamfusion.config import FieldConfig  # noqa: E402
 from dreamfusion.fields import build_field, hashgrid_triton  # noqa: E402
 from dreamfusion.fields.hashgrid import HashEncoding  # noqa: E402
-from dreamfusion.fields.hashgrid_triton import FusedHashEncode, level_constants  # noqa: E402
+from dreamfusion.fields.hashgrid_triton import FusedHashEncode  # noqa: E402
 from dreamfusion.render.volume import normals_from_density  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -41,13 +41,6 @@ def _points(n: int = 300) -> torch.Tensor:
     return points.to(DEVICE)
 
 
-def _fused(encoding: HashEncoding, unit: torch.Tensor):
-    rows = [t.shape[0] for t in encoding.tables]
-    constants = level_constants(encoding.resolutions, rows, encoding.table_size, unit.device)
-    table = torch.cat(list(encoding.tables))
-    return FusedHashEncode.apply(unit, table, constants, encoding.table_size, True)
-
-
 def _reference_jacobian(encoding: HashEncoding, unit: torch.Tensor, create_graph: bool):
     """Features (N, K) and d features / d unit (N, K, 3), a column at a time by autograd."""
     unit = unit.clone().requires_grad_(True)
@@ -63,7 +56,7 @@ def _reference_jacobian(encoding: HashEncoding, unit: torch.Tensor, create_graph
 def test_fused_features_and_jacobian_are_the_pytorch_encodings(features):
     encoding = _encoding(features)
     unit = _points()
-    feat, jac = _fused(encoding, unit)
+    feat, jac = encoding.fused(unit, jacobian=True)
     reference, reference_jac = _reference_jacobian(encoding, unit, create_graph=False)
     torch.testing.assert_close(feat, reference.detach(), rtol=1e-5, atol=1e-5)
     # Each level's derivative carries its resolution (up to 64 here).
@@ -83,7 +76,7 @@ def test_fused_tables_gradients_through_features_and_jacobian():
         loss = (feat * upstream).sum() + (jac * upstream_jac).sum()
         return torch.autograd.grad(loss, list(encoding.tables))
 
-    fused = tables_grads(*_fused(encoding, unit))
+    fused = tables_grads(*encoding.fused(unit, jacobian=True))
     reference = tables_grads(*_reference_jacobian(encoding, unit, create_graph=True))
     for a, b in zip(fused, reference, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)

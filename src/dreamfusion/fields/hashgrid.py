@@ -173,6 +173,20 @@ class HashEncoding(nn.Module):
         self.register_buffer(
             "level_offsets", torch.tensor([0, *rows[:-1]]).cumsum(0).to(rows_dtype), persistent=False
         )
+        self._fused_constants: dict[torch.device, tuple] = {}  # `fused`'s per-level tensors, per device
+
+    def fused(self, unit_points: Tensor, jacobian: bool):
+        """The fused Triton encoding (`hashgrid_triton.FusedHashEncode`) of unit points: features,
+        and with `jacobian` their derivative w.r.t. the point. No gradient w.r.t. the points."""
+        from dreamfusion.fields.hashgrid_triton import FusedHashEncode, level_constants
+
+        device = unit_points.device
+        if device not in self._fused_constants:  # made once: a small copy to the GPU waits for it
+            self._fused_constants[device] = level_constants(self)
+        table = torch.cat(list(self.tables))
+        return FusedHashEncode.apply(
+            unit_points, table, self._fused_constants[device], self.table_size, jacobian
+        )
 
     def forward(self, unit_points: Tensor) -> Tensor:
         if unit_points.device.type == "cpu" and self.levels_per_gather is None:
@@ -285,7 +299,6 @@ class HashGridField(nn.Module):
         width = cfg.hash_mlp_width if cfg.hash_mlp_depth > 0 else self.encoding.out_dim
         self.density_head = make_density_head(width)
         self.albedo_head = nn.Linear(width, 3)
-        self._constants: dict[torch.device, tuple] = {}
         self._warned = False
 
     def _features(self, points: Tensor) -> Tensor:
@@ -294,7 +307,7 @@ class HashGridField(nn.Module):
         # where the density is masked to zero anyway.
         unit = (points / (2.0 * self.bound_radius) + 0.5).clamp(0.0, 1.0)
         if not points.requires_grad and self._fused(points):  # the fused kernel has no point gradient
-            return self.trunk(self._encode_fused(unit.detach(), jacobian=False))
+            return self.trunk(self.encoding.fused(unit.detach(), jacobian=False))
         return self.trunk(self.encoding(unit))
 
     def forward_with_normals(
@@ -309,7 +322,7 @@ class HashGridField(nn.Module):
         scale = 1.0 / (2.0 * self.bound_radius)
         x = points.detach().float()
         shifted = x * scale + 0.5
-        feat, jac = self._encode_fused(shifted.clamp(0.0, 1.0), jacobian=True)
+        feat, jac = self.encoding.fused(shifted.clamp(0.0, 1.0), jacobian=True)
         with torch.enable_grad():
             if not feat.requires_grad:  # no graph to the tables (previews): the normals still need one
                 feat = feat.detach().requires_grad_(True)
@@ -323,19 +336,6 @@ class HashGridField(nn.Module):
         grad = grad_x + (grad_feat[:, :, None] * jac).sum(1) * slope
         norm = torch.sqrt((grad * grad).sum(-1, keepdim=True).clamp(min=1e-20))
         return density, albedo, -grad / norm
-
-    def _encode_fused(self, unit: Tensor, jacobian: bool):
-        """`FusedHashEncode` of unit points: features, and with `jacobian` their derivative."""
-        from dreamfusion.fields.hashgrid_triton import FusedHashEncode, level_constants
-
-        encoding = self.encoding
-        constants = self._constants.get(unit.device)
-        if constants is None:
-            rows = [t.shape[0] for t in encoding.tables]
-            constants = level_constants(encoding.resolutions, rows, encoding.table_size, unit.device)
-            self._constants[unit.device] = constants
-        table = torch.cat(list(encoding.tables))
-        return FusedHashEncode.apply(unit, table, constants, encoding.table_size, jacobian)
 
     def _fused(self, points: Tensor) -> bool:
         if self.cfg.hash_kernel != "triton":

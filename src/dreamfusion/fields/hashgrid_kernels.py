@@ -6,6 +6,11 @@ Helper functions called from a kernel must be module globals for Triton to find 
 import triton
 import triton.language as tl
 
+from dreamfusion.fields.hashgrid import HASH_PRIMES
+
+# The hash's primes as compile-time constants (a kernel reads globals only as constexpr).
+PRIME_X, PRIME_Y, PRIME_Z = (tl.constexpr(p) for p in HASH_PRIMES)
+
 
 @triton.jit
 def corner(u, r, c: tl.constexpr):
@@ -20,8 +25,9 @@ def corner(u, r, c: tl.constexpr):
 
 @triton.jit
 def row(ix, iy, iz, side, hashed, mask):
+    """A vertex's row in its level's table: strided in a dense level, Instant-NGP's hash in a hashed one."""
     dense = ix + iy * side + iz * side * side
-    hashed_row = ((ix * 1) ^ (iy * 2654435761) ^ (iz * 805459861)) & mask
+    hashed_row = ((ix * PRIME_X) ^ (iy * PRIME_Y) ^ (iz * PRIME_Z)) & mask
     return tl.where(hashed != 0, hashed_row, dense)
 
 

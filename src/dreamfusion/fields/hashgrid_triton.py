@@ -14,12 +14,10 @@ machine without a GPU.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor
 
-from dreamfusion.fields.hashgrid import is_hashed
+from dreamfusion.fields.hashgrid import HashEncoding, is_hashed
 
 BLOCK = 128
 
@@ -39,15 +37,17 @@ def _kernels():
     return hashgrid_kernels.forward, hashgrid_kernels.backward
 
 
-def level_constants(resolutions: Sequence[int], rows: Sequence[int], table_size: int, device) -> tuple:
-    """Per level: resolution (float32), first row in the tables end to end (int64), hashed (int32)."""
-    offsets = [0]
-    for count in rows[:-1]:
-        offsets.append(offsets[-1] + count)
+def level_constants(encoding: HashEncoding) -> tuple[Tensor, Tensor, Tensor]:
+    """Per level of `encoding`, on its device: the resolution (float32), the first row of its table
+    in the tables end to end (int64, from `level_offsets`) and whether it hashes (int32)."""
+    offsets = encoding.level_offsets.long()
+    resolutions, size = encoding.resolutions, encoding.table_size
     return (
-        torch.tensor(resolutions, dtype=torch.float32, device=device),
-        torch.tensor(offsets, dtype=torch.int64, device=device),
-        torch.tensor([int(is_hashed(r, table_size)) for r in resolutions], dtype=torch.int32, device=device),
+        torch.tensor(resolutions, dtype=torch.float32, device=offsets.device),
+        offsets,
+        torch.tensor(
+            [int(is_hashed(r, size)) for r in resolutions], dtype=torch.int32, device=offsets.device
+        ),
     )
 
 
