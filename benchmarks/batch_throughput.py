@@ -9,7 +9,8 @@ process or through Ray.
     python benchmarks/batch_throughput.py --mode ray --runs 8 --gpus-per-run 0.125 --assets \
         --turntable-from field
 
-The runs train into a fresh temporary folder (or --work DIR), without mesh and turntable unless
+The runs train into a fresh temporary folder (or --work DIR, which must hold no runs yet: the
+benchmark times fresh runs, not a resumed batch), without mesh and turntable unless
 --assets. Writes JSON (runs/hour, wall seconds, each run's training seconds, Ray's start-up
 seconds, each run's start latency and its time in the task outside training; with --assets, the
 mesh and turntable seconds and each stage's share of the summed run time) and prints a table.
@@ -56,6 +57,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON (default benchmarks/results/...)")
     args = parser.parse_args()
 
+    if args.work is not None and (args.work / "batch").exists() and any((args.work / "batch").iterdir()):
+        # `batch` would resume those runs, and finished ones would count as made in no time.
+        raise SystemExit(f"{args.work / 'batch'} already holds runs: give --work an empty folder")
     prompts = [p.text for p in load_prompt_set("fidelity-v2").prompts][: args.runs]
     startup = None
     if args.mode == "ray":

@@ -26,6 +26,15 @@ from dreamfusion.render.volume import normals_from_density  # noqa: E402
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _interpreter_on_a_cpu():
+    """Without a GPU, the kernels run in Triton's interpreter for this module's tests alone: a
+    hash grid elsewhere in the suite keeps its PyTorch path on the CPU."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hashgrid_triton, "INTERPRET_ON_CPU", DEVICE == "cpu")
+        yield
+
+
 def _encoding(features: int) -> HashEncoding:
     torch.manual_seed(2)
     encoding = HashEncoding(levels=5, features=features, log2_size=12, base=4, finest=64)  # dense and hashed
@@ -84,7 +93,12 @@ def test_fused_tables_gradients_through_features_and_jacobian():
 
 def _field_pair():
     cfg = FieldConfig(
-        kind="hashgrid", hash_levels=4, hash_log2_size=10, hash_base_resolution=4, hash_max_resolution=32
+        kind="hashgrid",
+        hash_levels=4,
+        hash_log2_size=10,
+        hash_base_resolution=4,
+        hash_max_resolution=32,
+        hash_kernel="torch",
     )
     torch.manual_seed(3)
     reference = build_field(cfg).to(DEVICE)
@@ -168,3 +182,15 @@ def test_renders_through_the_fused_path_are_the_pytorch_renders(monkeypatch):
     torch.testing.assert_close(preview_f, preview, rtol=1e-4, atol=1e-4)
     for a, b in zip(grads_f, grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_a_cpu_keeps_the_pytorch_path_by_default_and_says_nothing_of_triton(monkeypatch, caplog):
+    assert FieldConfig().hash_kernel == "triton"
+    field = build_field(dataclasses.replace(_field_pair()[0].cfg, hash_kernel="triton"))
+    monkeypatch.setattr(hashgrid_triton, "INTERPRET_ON_CPU", False)
+    monkeypatch.setattr(hashgrid_triton, "triton_available", lambda: False)
+    with caplog.at_level(logging.WARNING):
+        assert field.forward_with_normals(_points(10).cpu(), create_graph=False) is None
+        density, _ = field(_points(10).cpu())
+    assert density.shape == (10,)
+    assert not [r for r in caplog.records if "Triton" in r.getMessage()]

@@ -48,10 +48,10 @@ class FieldConfig:
     """Hidden width of the small MLP decoding hash-grid features."""
     hash_mlp_depth: int = 2
     """Hidden layers of the small MLP decoding hash-grid features."""
-    hash_kernel: Literal["torch", "triton"] = "torch"
-    """The hash grid's encoding on CUDA: plain PyTorch, or fused Triton kernels whose closed-form
-    Jacobian gives the normals (dreamfusion.fields.hashgrid_triton). Where Triton is missing, or on a
-    CPU, the PyTorch path runs (a CPU runs the kernels only under TRITON_INTERPRET=1, for tests)."""
+    hash_kernel: Literal["torch", "triton"] = "triton"
+    """The hash grid's encoding on CUDA: fused Triton kernels whose closed-form Jacobian gives the
+    normals (dreamfusion.fields.hashgrid_triton), or plain PyTorch. On a CPU, or where Triton is
+    missing, the PyTorch path runs (a CPU runs the kernels only under TRITON_INTERPRET=1, for tests)."""
     activation: Literal["softplus", "silu", "relu"] = "softplus"
     """Hidden activation of both fields' MLPs; softplus and silu keep second derivatives (normals) smooth."""
 

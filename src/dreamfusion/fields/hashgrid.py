@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 from collections.abc import Sequence
 
 import torch
@@ -340,14 +339,16 @@ class HashGridField(nn.Module):
     def _fused(self, points: Tensor) -> bool:
         if self.cfg.hash_kernel != "triton":
             return False
-        from dreamfusion.fields.hashgrid_triton import triton_available
+        from dreamfusion.fields import hashgrid_triton
 
-        if not triton_available():
+        if not (points.is_cuda or hashgrid_triton.INTERPRET_ON_CPU):
+            return False  # the kernels are for GPUs: a CPU says nothing of Triton
+        if not hashgrid_triton.triton_available():
             if not self._warned:
                 log.warning("Triton not found: the hash grid runs its PyTorch path (pip install triton)")
                 self._warned = True
             return False
-        return points.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+        return True
 
     def forward(self, points: Tensor) -> tuple[Tensor, Tensor]:
         """(N, 3) -> density (N,) >= 0, albedo (N, 3) in [0, 1]."""

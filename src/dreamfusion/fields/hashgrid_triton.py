@@ -7,9 +7,10 @@ point (the trilinear weights' derivatives are products of two 1-D weights); a se
 gradients of both into the tables. Normals then need a double backward through the small MLP
 only (`HashGridField` with `hash_kernel="triton"`).
 
-Triton ships with PyTorch's CUDA wheels; nothing is compiled at install time. Under
-`TRITON_INTERPRET=1` the kernels run on CPU tensors, which is how the tests check them on a
-machine without a GPU.
+Triton ships with PyTorch's CUDA wheels; nothing is compiled at install time. On a CPU the
+PyTorch path runs, except where `INTERPRET_ON_CPU` is set with `TRITON_INTERPRET=1` (read when
+Triton is imported): then the kernels run on CPU tensors in Triton's interpreter, which is how the
+tests check them on a machine without a GPU.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import Tensor
 from dreamfusion.fields.hashgrid import HashEncoding, is_hashed
 
 BLOCK = 128
+INTERPRET_ON_CPU = False
 
 
 def triton_available() -> bool:
