@@ -4,6 +4,7 @@ on random weights in the real architectures (nothing is downloaded), float16 on 
     python benchmarks/guidance_gpu.py                      # both backends, default settings and preset
     python benchmarks/guidance_gpu.py --variants default eager channels_last compile+channels_last
     python benchmarks/guidance_gpu.py --smoke              # tiny shapes on the CPU: checks the script
+    python benchmarks/guidance_gpu.py --backends stable-diffusion --hash-kernel torch  # PyTorch hash grid
 
 For each backend and variant (guidance config switches joined by '+': compile, channels_last,
 perp_neg, vae_slicing; 'default' is the backend config defaults, which compile on CUDA; 'eager' is
@@ -226,6 +227,7 @@ def bench(backend: str, variant: str, args: argparse.Namespace, device: torch.de
     cfg = dataclasses.replace(
         cfg,
         guidance=gcfg,
+        field=dataclasses.replace(cfg.field, hash_kernel=args.hash_kernel or cfg.field.hash_kernel),
         camera=dataclasses.replace(cfg.camera, resolution=16) if args.smoke else cfg.camera,
         shading=dataclasses.replace(
             cfg.shading, albedo_warmup_steps=0
@@ -295,6 +297,7 @@ def bench(backend: str, variant: str, args: argparse.Namespace, device: torch.de
         "resolution": cfg.camera.resolution,
         "batch_size": cfg.train.batch_size,
         "field": cfg.field.kind,
+        "hash_kernel": cfg.field.hash_kernel,
         "seconds_per_iteration": per_iteration,
         "iterations_10k_minutes": per_iteration * 10_000 / 60,
         "peak_memory_gib": peak,
@@ -324,6 +327,12 @@ def main() -> None:
     )
     parser.add_argument("--batch", type=int, default=0, help="views per step (0: the preset's)")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument(
+        "--hash-kernel",
+        choices=("torch", "triton"),
+        default=None,
+        help="the hash grid's encoding (default: preset's)",
+    )
     parser.add_argument(
         "--smoke", action="store_true", help="tiny shapes on the CPU, 2 steps: checks the script"
     )
