@@ -15,6 +15,8 @@ tests check them on a machine without a GPU.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 
@@ -37,6 +39,12 @@ def _kernels():
     from dreamfusion.fields import hashgrid_kernels
 
     return hashgrid_kernels.forward, hashgrid_kernels.backward
+
+
+def _on_device_of(tensor: Tensor):
+    """Triton launches on the current CUDA device and its stream: make that the tensor's, so a field
+    on another GPU than the current one (`--device cuda:1`) runs where its tables are."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
 def level_constants(encoding: HashEncoding) -> tuple[Tensor, Tensor, Tensor]:
@@ -73,10 +81,11 @@ class FusedHashEncode(torch.autograd.Function):
         jac = unit.new_empty(n, levels * features, 3) if jacobian else feat
         fp = 1 << max(features - 1, 0).bit_length()
         grid = ((n + BLOCK - 1) // BLOCK,)
-        forward_kernel[grid](
-            unit, table, res, offsets, hashed, feat, jac, n, levels, table_size - 1,
-            F=features, FP=fp, BLOCK=BLOCK, JAC=jacobian,
-        )  # fmt: skip
+        with _on_device_of(unit):
+            forward_kernel[grid](
+                unit, table, res, offsets, hashed, feat, jac, n, levels, table_size - 1,
+                F=features, FP=fp, BLOCK=BLOCK, JAC=jacobian,
+            )  # fmt: skip
         ctx.save_for_backward(unit)
         ctx.constants, ctx.table_size, ctx.shape = constants, table_size, table.shape
         return (feat, jac) if jacobian else feat
@@ -94,8 +103,9 @@ class FusedHashEncode(torch.autograd.Function):
         grad_jac = grad_jac.float().contiguous() if with_jac else grad_feat
         fp = 1 << max(features - 1, 0).bit_length()
         grid = ((n + BLOCK - 1) // BLOCK,)
-        backward_kernel[grid](
-            unit, res, offsets, hashed, grad_feat, grad_jac, grad_table, n, levels, ctx.table_size - 1,
-            F=features, FP=fp, BLOCK=BLOCK, JAC=with_jac,
-        )  # fmt: skip
+        with _on_device_of(unit):
+            backward_kernel[grid](
+                unit, res, offsets, hashed, grad_feat, grad_jac, grad_table, n, levels, ctx.table_size - 1,
+                F=features, FP=fp, BLOCK=BLOCK, JAC=with_jac,
+            )  # fmt: skip
         return None, grad_table, None, None, None
