@@ -152,6 +152,29 @@ def test_without_triton_one_line_says_the_pytorch_path_runs(monkeypatch, caplog)
     assert lines == ["Triton not found: the hash grid runs its PyTorch path (pip install triton)"]
 
 
+def test_where_triton_cannot_build_the_kernels_one_line_says_so_and_the_pytorch_path_runs(
+    monkeypatch, caplog
+):
+    reference, fused = _field_pair()
+    monkeypatch.setattr(hashgrid_triton, "_RUNS_ON", {})
+
+    def no_compiler():
+        raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
+
+    monkeypatch.setattr(hashgrid_triton, "_kernels", no_compiler)
+    points = _points(10)
+    with caplog.at_level(logging.WARNING):
+        assert fused.forward_with_normals(points, create_graph=False) is None
+        assert fused.forward_with_normals(points, create_graph=False) is None
+        torch.testing.assert_close(fused.density(points), reference.density(points))
+    lines = [r.getMessage() for r in caplog.records if "Triton" in r.getMessage()]
+    assert lines == [
+        "Triton cannot run the fused hash grid here (RuntimeError: Failed to find C compiler. Please "
+        "specify via CC environment variable.): the hash grid runs its PyTorch path "
+        "(--field.hash-kernel torch skips trying)"
+    ]
+
+
 def test_renders_through_the_fused_path_are_the_pytorch_renders(monkeypatch):
     """A lit training render (normals kept as a graph) and a preview: images, normals and the
     parameters' gradients of an image and orientation loss agree between the two kernels."""
@@ -194,3 +217,11 @@ def test_a_cpu_keeps_the_pytorch_path_by_default_and_says_nothing_of_triton(monk
         density, _ = field(_points(10).cpu())
     assert density.shape == (10,)
     assert not [r for r in caplog.records if "Triton" in r.getMessage()]
+
+
+def test_trying_the_kernels_leaves_the_random_state_and_works_in_inference_mode(monkeypatch):
+    monkeypatch.setattr(hashgrid_triton, "_RUNS_ON", {})
+    state = torch.random.get_rng_state()
+    with torch.inference_mode():
+        assert hashgrid_triton.runs_on(torch.device(DEVICE))
+    assert torch.equal(torch.random.get_rng_state(), state)

@@ -348,7 +348,7 @@ class HashGridField(nn.Module):
                 log.warning("Triton not found: the hash grid runs its PyTorch path (pip install triton)")
                 self._warned = True
             return False
-        return True
+        return hashgrid_triton.runs_on(points.device)
 
     def forward(self, points: Tensor) -> tuple[Tensor, Tensor]:
         """(N, 3) -> density (N,) >= 0, albedo (N, 3) in [0, 1]."""

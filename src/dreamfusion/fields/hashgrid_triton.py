@@ -16,14 +16,18 @@ tests check them on a machine without a GPU.
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 from torch import Tensor
 
 from dreamfusion.fields.hashgrid import HashEncoding, is_hashed
 
+log = logging.getLogger(__name__)
+
 BLOCK = 128
 INTERPRET_ON_CPU = False
+_RUNS_ON: dict[str, bool] = {}  # device -> whether the kernels built and ran there
 
 
 def triton_available() -> bool:
@@ -32,6 +36,39 @@ def triton_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def runs_on(device: torch.device) -> bool:
+    """Whether the kernels build and run on `device`, tried once per device on a tiny encoding
+    (forward with the Jacobian, backward through both). Triton builds its launchers with the
+    machine's C compiler on first use, and not every GPU is one it supports: where it cannot, the
+    hash grid keeps its PyTorch path with one warning instead of failing in the middle of a step."""
+    key = str(device)
+    if key not in _RUNS_ON:
+        try:
+            _probe(device)
+            _RUNS_ON[key] = True
+        except Exception as error:  # noqa: BLE001 - whatever stops the kernels, the PyTorch path runs
+            log.warning(
+                "Triton cannot run the fused hash grid here (%s: %s): the hash grid runs its PyTorch "
+                "path (--field.hash-kernel torch skips trying)",
+                type(error).__name__,
+                " ".join(str(error).split())[:200],
+            )
+            _RUNS_ON[key] = False
+    return _RUNS_ON[key]
+
+
+def _probe(device: torch.device) -> None:
+    # Its own random numbers, so that trying leaves the caller's generators as they were; and
+    # gradients, whatever mode the first caller is in.
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.inference_mode(False), torch.enable_grad():
+        encoding = HashEncoding(levels=2, features=2, log2_size=4, base=2, finest=8).to(device)
+        feat, jac = encoding.fused(torch.rand(4, 3, device=device), jacobian=True)
+        (feat.sum() + jac.sum()).backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # a launch that failed on the GPU says so here
 
 
 def _kernels():
