@@ -6,6 +6,7 @@
     python benchmarks/speed.py --presets default --high-noise-model none   # without it
     python benchmarks/speed.py --presets default --device cuda --profile 10  # where a step's time goes
     python benchmarks/speed.py --presets default --device cuda --hash-kernel triton  # fused hash grid
+    python benchmarks/speed.py --presets default --device cuda --set guidance.dtype=float16  # any setting
 
 Each preset runs `--warmup` untimed steps, then `--steps` timed ones (with the device synchronized
 around each phase), past the albedo-only warm-up so lit renders (which need normals) are included.
@@ -39,6 +40,7 @@ import torch
 
 from dreamfusion.api import GUIDANCE_BACKENDS, resolve_config
 from dreamfusion.bench.provenance import git_commit, machine_info
+from dreamfusion.config import apply_overrides
 from dreamfusion.training.checkpoint import load_checkpoint
 from dreamfusion.training.loading import find_checkpoint
 from dreamfusion.training.trainer import Trainer
@@ -103,8 +105,9 @@ def bench(
     high_noise_model: str | None = None,
     profile: int = 0,
     hash_kernel: str | None = None,
+    overrides: dict | None = None,
 ) -> dict:
-    cfg = resolve_config(preset, guidance=guidance, device=device)
+    cfg = apply_overrides(resolve_config(preset, guidance=guidance, device=device), overrides or {})
     if hash_kernel is not None:
         cfg = dataclasses.replace(cfg, field=dataclasses.replace(cfg.field, hash_kernel=hash_kernel))
     if high_noise_model is not None:
@@ -181,6 +184,7 @@ def bench(
         "batch_size": cfg.train.batch_size,
         "field": cfg.field.kind,
         "hash_kernel": cfg.field.hash_kernel,
+        "overrides": overrides or {},
         "field_from": str(field_from) if field_from is not None else None,
         "occupancy_grid": cfg.render.occupancy_grid,
         "samples_evaluated_share": sum(evaluated) / steps if None not in evaluated else None,
@@ -193,6 +197,17 @@ def bench(
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None,
         "profile": profiled,
     }
+
+
+def _setting(text: str) -> tuple[str, object]:
+    """KEY=VALUE with VALUE read as JSON where it parses (numbers, true, lists), else as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--set takes KEY=VALUE, e.g. guidance.dtype=float16 (got {text!r})")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def main() -> None:
@@ -228,8 +243,16 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=int, default=0, help="profile this many more steps (device busy time, top ops)"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config setting by its dotted name, e.g. --set guidance.dtype=float16 (repeatable)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/speed.json"))
     args = parser.parse_args()
+    overrides = dict(_setting(text) for text in args.set)
 
     rows = [
         bench(
@@ -243,6 +266,7 @@ def main() -> None:
             args.high_noise_model,
             args.profile,
             args.hash_kernel,
+            overrides,
         )
         for p in args.presets
     ]

@@ -59,7 +59,8 @@ class BundledGuidanceConfig:
     high_noise_from: float = 0.6
     """First timestep of `high_noise_model`, as a fraction of the schedule."""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    """Frozen prior precision (auto: float16 on CUDA, float32 on CPU)."""
+    """Frozen prior precision: auto and float32 run it in float32 (it is small); bfloat16 and float16
+    run it under autocast on CUDA."""
     cuda_graphs: bool = True
     """On CUDA, replay the frozen denoiser's forward from a CUDA graph (one launch instead of hundreds)."""
     # Only stable-diffusion renders latents; the trainer reads this of every backend.
