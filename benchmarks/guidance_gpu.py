@@ -4,7 +4,7 @@ on random weights in the real architectures (nothing is downloaded), float16 on 
     python benchmarks/guidance_gpu.py                      # both backends, default settings and preset
     python benchmarks/guidance_gpu.py --variants default eager channels_last compile+channels_last
     python benchmarks/guidance_gpu.py --smoke              # tiny shapes on the CPU: checks the script
-    python benchmarks/guidance_gpu.py --backends stable-diffusion --hash-kernel torch  # PyTorch hash grid
+    python benchmarks/guidance_gpu.py --backends stable-diffusion --field.hash-kernel torch  # config flags
 
 For each backend and variant (guidance config switches joined by '+': compile, channels_last,
 perp_neg, vae_slicing; 'default' is the backend config defaults, which compile on CUDA; 'eager' is
@@ -16,7 +16,8 @@ the defaults with compiling off):
 3. the parts alone: the U-Net forward at the classifier-free-guidance batch (2 x batch) and the VAE
    encoder forward + backward at 512, to compare with the issue's reference numbers (34.5 ms and
    30 ms on an H100, eager float16).
-Writes JSON (--out) and prints a table.
+Writes JSON (--out) and prints a table. Any other arguments are config flags, as `dreamfusion
+generate` takes them (`--field.hash-kernel torch`); the guidance settings come from the variants.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 
 import torch
 
-from dreamfusion.api import resolve_config
+from dreamfusion.api import apply_flags, resolve_config
 from dreamfusion.bench.provenance import git_commit, machine_info
 from dreamfusion.config import Config, GuidanceConfig, guidance_config
 from dreamfusion.training.trainer import Trainer
@@ -223,11 +224,11 @@ def bench(backend: str, variant: str, args: argparse.Namespace, device: torch.de
     if variant == "eager":
         settings["compile"] = False
     cfg = resolve_config("smoke" if args.smoke else "default", device=str(device))
+    cfg = apply_flags(cfg, args.flags, "benchmarks/guidance_gpu.py")
     gcfg = guidance_config(backend, embedding_cache=False, **settings)
     cfg = dataclasses.replace(
         cfg,
         guidance=gcfg,
-        field=dataclasses.replace(cfg.field, hash_kernel=args.hash_kernel or cfg.field.hash_kernel),
         camera=dataclasses.replace(cfg.camera, resolution=16) if args.smoke else cfg.camera,
         shading=dataclasses.replace(
             cfg.shading, albedo_warmup_steps=0
@@ -328,16 +329,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=0, help="views per step (0: the preset's)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument(
-        "--hash-kernel",
-        choices=("torch", "triton"),
-        default=None,
-        help="the hash grid's encoding (default: preset's)",
-    )
-    parser.add_argument(
         "--smoke", action="store_true", help="tiny shapes on the CPU, 2 steps: checks the script"
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/guidance_gpu.json"))
-    args = parser.parse_args()
+    args, args.flags = parser.parse_known_args()  # the rest: config flags, as `generate` takes them
+    if any(flag.startswith("--guidance.") for flag in args.flags):
+        raise SystemExit("the guidance settings come from --backends and --variants, not --guidance.* flags")
     if args.smoke:
         args.device, args.steps, args.warmup = "cpu", 2, 1
     device = torch.device(args.device)

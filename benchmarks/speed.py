@@ -5,12 +5,13 @@
     python benchmarks/speed.py --presets cpu --high-noise-model bundled   # with the high-noise expert
     python benchmarks/speed.py --presets default --high-noise-model none   # without it
     python benchmarks/speed.py --presets default --device cuda --profile 10  # where a step's time goes
-    python benchmarks/speed.py --presets default --device cuda --hash-kernel triton  # fused hash grid
-    python benchmarks/speed.py --presets default --device cuda --set guidance.dtype=float16  # any setting
+    python benchmarks/speed.py --presets default --device cuda --field.hash-kernel torch  # PyTorch hash grid
+    python benchmarks/speed.py --presets default --device cuda --guidance.dtype float16  # any config flag
 
 Each preset runs `--warmup` untimed steps, then `--steps` timed ones (with the device synchronized
 around each phase), past the albedo-only warm-up so lit renders (which need normals) are included.
-Writes JSON and prints a table.
+Writes JSON and prints a table. Any other arguments are config flags, as `dreamfusion generate`
+takes them (`--field.hash-kernel torch`), applied to each preset and recorded in the JSON.
 
 Empty-space skipping (`--occupancy on`) only pays once training has carved empty space out of the
 initial density blob, which fills the whole bounding sphere: time a trained field with
@@ -38,9 +39,8 @@ from pathlib import Path
 
 import torch
 
-from dreamfusion.api import GUIDANCE_BACKENDS, resolve_config
+from dreamfusion.api import GUIDANCE_BACKENDS, apply_flags, resolve_config
 from dreamfusion.bench.provenance import git_commit, machine_info
-from dreamfusion.config import apply_overrides
 from dreamfusion.training.checkpoint import load_checkpoint
 from dreamfusion.training.loading import find_checkpoint
 from dreamfusion.training.trainer import Trainer
@@ -104,12 +104,10 @@ def bench(
     field_from: Path | None = None,
     high_noise_model: str | None = None,
     profile: int = 0,
-    hash_kernel: str | None = None,
-    overrides: dict | None = None,
+    flags: list[str] | None = None,
 ) -> dict:
-    cfg = apply_overrides(resolve_config(preset, guidance=guidance, device=device), overrides or {})
-    if hash_kernel is not None:
-        cfg = dataclasses.replace(cfg, field=dataclasses.replace(cfg.field, hash_kernel=hash_kernel))
+    cfg = resolve_config(preset, guidance=guidance, device=device)
+    cfg = apply_flags(cfg, flags or [], "benchmarks/speed.py")
     if high_noise_model is not None:
         expert = None if high_noise_model == "none" else high_noise_model
         cfg = dataclasses.replace(cfg, guidance=dataclasses.replace(cfg.guidance, high_noise_model=expert))
@@ -184,7 +182,7 @@ def bench(
         "batch_size": cfg.train.batch_size,
         "field": cfg.field.kind,
         "hash_kernel": cfg.field.hash_kernel,
-        "overrides": overrides or {},
+        "flags": flags or [],
         "field_from": str(field_from) if field_from is not None else None,
         "occupancy_grid": cfg.render.occupancy_grid,
         "samples_evaluated_share": sum(evaluated) / steps if None not in evaluated else None,
@@ -197,17 +195,6 @@ def bench(
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None,
         "profile": profiled,
     }
-
-
-def _setting(text: str) -> tuple[str, object]:
-    """KEY=VALUE with VALUE read as JSON where it parses (numbers, true, lists), else as a string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise SystemExit(f"--set takes KEY=VALUE, e.g. guidance.dtype=float16 (got {text!r})")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def main() -> None:
@@ -235,24 +222,10 @@ def main() -> None:
         "'none' for the prior alone); default: as the preset says",
     )
     parser.add_argument(
-        "--hash-kernel",
-        choices=("torch", "triton"),
-        default=None,
-        help="the hash grid's encoding (default: preset's)",
-    )
-    parser.add_argument(
         "--profile", type=int, default=0, help="profile this many more steps (device busy time, top ops)"
     )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any config setting by its dotted name, e.g. --set guidance.dtype=float16 (repeatable)",
-    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/speed.json"))
-    args = parser.parse_args()
-    overrides = dict(_setting(text) for text in args.set)
+    args, flags = parser.parse_known_args()  # the rest: config flags, as `generate` takes them
 
     rows = [
         bench(
@@ -265,8 +238,7 @@ def main() -> None:
             args.field_from,
             args.high_noise_model,
             args.profile,
-            args.hash_kernel,
-            overrides,
+            flags,
         )
         for p in args.presets
     ]
