@@ -10,7 +10,6 @@ it densely (no collisions); finer ones hash the vertex coordinates into the tabl
 from __future__ import annotations
 
 import functools
-import logging
 import math
 from collections.abc import Sequence
 
@@ -19,8 +18,6 @@ from torch import Tensor, nn
 
 from dreamfusion.fields.base import FieldConfig
 from dreamfusion.fields.mlp import finish_density, hidden_layers, make_density_head
-
-log = logging.getLogger(__name__)
 
 # Instant-NGP's spatial-hash primes. Products fit int64 (coordinates stay below 2^21) and only
 # the low log2(T) bits survive the mask, which equal those of uint32 wrap-around arithmetic.
@@ -298,7 +295,6 @@ class HashGridField(nn.Module):
         width = cfg.hash_mlp_width if cfg.hash_mlp_depth > 0 else self.encoding.out_dim
         self.density_head = make_density_head(width)
         self.albedo_head = nn.Linear(width, 3)
-        self._warned = False
 
     def _features(self, points: Tensor) -> Tensor:
         """(N, 3) world points -> (N, hash_mlp_width) hidden features."""
@@ -343,11 +339,6 @@ class HashGridField(nn.Module):
 
         if not (points.is_cuda or hashgrid_triton.INTERPRET_ON_CPU):
             return False  # the kernels are for GPUs: a CPU says nothing of Triton
-        if not hashgrid_triton.triton_available():
-            if not self._warned:
-                log.warning("Triton not found: the hash grid runs its PyTorch path (pip install triton)")
-                self._warned = True
-            return False
         return hashgrid_triton.runs_on(points.device)
 
     def forward(self, points: Tensor) -> tuple[Tensor, Tensor]:

@@ -39,11 +39,15 @@ def triton_available() -> bool:
 
 
 def runs_on(device: torch.device) -> bool:
-    """Whether the kernels build and run on `device`, tried once per device on a tiny encoding
-    (forward with the Jacobian, backward through both). Triton builds its launchers with the
-    machine's C compiler on first use, and not every GPU is one it supports: where it cannot, the
-    hash grid keeps its PyTorch path with one warning instead of failing in the middle of a step."""
+    """Whether the kernels build and run on `device`, found once per device: Triton is installed,
+    and a tiny encoding runs (forward with the Jacobian, backward through both). Triton builds its
+    launchers with the machine's C compiler on first use, and not every GPU is one it supports:
+    where it cannot, the hash grid keeps its PyTorch path with one warning instead of failing in
+    the middle of a step."""
     key = str(device)
+    if key not in _RUNS_ON and not triton_available():
+        log.warning("Triton not found: the hash grid runs its PyTorch path (pip install triton)")
+        _RUNS_ON[key] = False
     if key not in _RUNS_ON:
         try:
             _probe(device)
