@@ -102,6 +102,11 @@ def level_constants(encoding: HashEncoding) -> tuple[Tensor, Tensor, Tensor]:
     )
 
 
+def _launch(n: int, features: int) -> tuple[int, tuple[int]]:
+    """Features padded to a power of two (a block's width), and the grid: one program per BLOCK points."""
+    return 1 << max(features - 1, 0).bit_length(), ((n + BLOCK - 1) // BLOCK,)
+
+
 class FusedHashEncode(torch.autograd.Function):
     """(N, 3) unit points and the (R, F) tables end to end -> features (N, L F), level-major as
     `HashEncoding`'s, and with `jacobian` their derivative w.r.t. the unit point (N, L F, 3).
@@ -120,8 +125,7 @@ class FusedHashEncode(torch.autograd.Function):
         unit, table = unit.float().contiguous(), table.float().contiguous()
         feat = unit.new_empty(n, levels * features)
         jac = unit.new_empty(n, levels * features, 3) if jacobian else feat
-        fp = 1 << max(features - 1, 0).bit_length()
-        grid = ((n + BLOCK - 1) // BLOCK,)
+        fp, grid = _launch(n, features)
         with _on_device_of(unit):
             forward_kernel[grid](
                 unit, table, res, offsets, hashed, feat, jac, n, levels, table_size - 1,
@@ -142,8 +146,7 @@ class FusedHashEncode(torch.autograd.Function):
         grad_table = torch.zeros(ctx.shape, dtype=torch.float32, device=unit.device)
         grad_feat = grad_feat.float().contiguous()
         grad_jac = grad_jac.float().contiguous() if with_jac else grad_feat
-        fp = 1 << max(features - 1, 0).bit_length()
-        grid = ((n + BLOCK - 1) // BLOCK,)
+        fp, grid = _launch(n, features)
         with _on_device_of(unit):
             backward_kernel[grid](
                 unit, res, offsets, hashed, grad_feat, grad_jac, grad_table, n, levels, ctx.table_size - 1,
